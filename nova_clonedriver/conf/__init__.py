@@ -1,0 +1,16 @@
+"""oslo.config options of nova-clonedriver, in one place."""
+
+from oslo_config import cfg
+
+from nova_clonedriver.conf import clone
+
+CONF = cfg.CONF
+clone.register_opts(CONF)
+
+
+def list_opts() -> list:
+    """For oslo-config-generator (entry point oslo.config.opts)."""
+    return [(clone.GROUP, clone.OPTS)]
+
+
+__all__ = ["CONF", "list_opts"]

@@ -1,0 +1,34 @@
+"""Options of the [clone] group (in nova's config files, and nova-clone's)."""
+
+from oslo_config import cfg
+
+GROUP = cfg.OptGroup(
+    "clone", title="Live clones",
+    help="Options of nova-clonedriver: where snapshot generations live and "
+         "how bless and launch behave.")
+
+OPTS = [
+    cfg.StrOpt("state_dir", default="/var/lib/nova-clonedriver",
+               help="Directory of the node's snapshot store: generations "
+                    "(memory image, device state, frozen disk bases) and the "
+                    "clones' overlays. QEMU's user must be able to traverse "
+                    "it. Keep it on the filesystem of the instances' disks so "
+                    "frozen bases can be hard links instead of copies."),
+    cfg.StrOpt("libvirt_uri", default="qemu:///system",
+               help="libvirt connection the engine works on (nova-clone; the "
+                    "nova driver uses nova's own [libvirt] connection)."),
+    cfg.IntOpt("bless_downtime_limit_ms", default=10, min=1,
+               help="Longest pause QEMU may plan for the master's final "
+                    "memory copy. Smaller values mean a shorter pause but "
+                    "more pre-copy passes for a guest that writes a lot."),
+    cfg.IntOpt("bless_timeout_s", default=300, min=1,
+               help="Give up a bless (and let the master run on untouched) "
+                    "when its memory has not converged in this time."),
+    cfg.IntOpt("launch_parallelism", default=8, min=1,
+               help="How many clones one launch starts at the same time."),
+]
+
+
+def register_opts(conf: cfg.ConfigOpts) -> None:
+    conf.register_group(GROUP)
+    conf.register_opts(OPTS, group=GROUP)

@@ -1,0 +1,261 @@
+"""Bless: freeze a running domain into a snapshot generation.
+
+The master's RAM goes out through a live (pre-copy) migration into a pipe
+that this process reads, so the master keeps running while its memory is
+copied. QEMU pauses it only for the last few dirty pages: with the
+``pause-before-switchover`` capability it then waits, CPUs stopped, while we
+switch its disks to new overlays (the old images become the frozen base of
+every clone, consistent with the memory at that instant). After that the
+device state is sent and the master resumes. The pause is QEMU's reported
+downtime plus the resume.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+import shutil
+import subprocess
+import threading
+import time
+import uuid
+from typing import BinaryIO
+
+import libvirt
+
+from nova_clonedriver.engine import domainxml
+from nova_clonedriver.engine import hostinfo
+from nova_clonedriver.engine import memimage
+from nova_clonedriver.engine import migstream
+from nova_clonedriver.engine import qmp
+from nova_clonedriver.engine import store as store_mod
+
+LOG = logging.getLogger(__name__)
+
+_POLL_INTERVAL_S = 0.001
+_PIPE_BUFFER_BYTES = 1 << 20
+
+
+class BlessError(RuntimeError):
+    """The domain could not be blessed; it runs on as before."""
+
+
+class _StreamReader(threading.Thread):
+    """Splits the migration stream while QEMU writes it."""
+
+    def __init__(self, source: BinaryIO, splitter: migstream.StreamSplitter,
+                 device_out: BinaryIO) -> None:
+        super().__init__(name="bless-stream", daemon=True)
+        self._source = source
+        self._device_out = device_out
+        self.splitter = splitter
+        self.error: Exception | None = None
+
+    def run(self) -> None:
+        try:
+            self.splitter.split(self._source)
+        except Exception as exc:  # reported by the thread that joins us
+            self.error = exc
+        finally:
+            self._source.close()
+            self._device_out.close()
+
+
+def bless(conn: libvirt.virConnect, store: store_mod.SnapshotStore,
+          domain_name: str, downtime_limit_ms: int = 10,
+          timeout_s: float = 300.0) -> store_mod.Generation:
+    """Freeze the running domain ``domain_name``; return the new generation."""
+    try:
+        domain = conn.lookupByName(domain_name)
+    except libvirt.libvirtError as exc:
+        raise BlessError(f"no domain {domain_name!r}: {exc.get_error_message()}") from exc
+    if domain.state()[0] != libvirt.VIR_DOMAIN_RUNNING:
+        raise BlessError(f"domain {domain_name!r} is not running")
+    master_xml = domain.XMLDesc(libvirt.VIR_DOMAIN_XML_SECURE
+                                | libvirt.VIR_DOMAIN_XML_MIGRATABLE)
+    root = domainxml.parse(master_xml)
+    try:
+        disks = domainxml.writable_disks(root)
+    except domainxml.DomainXMLError as exc:
+        raise BlessError(f"cannot bless {domain_name!r}: {exc}") from exc
+    for disk in disks:
+        _check_backing(disk)
+
+    generation_id = uuid.uuid4().hex
+    workdir = store.new_generation_dir(generation_id)
+    try:
+        memory_size = domainxml.memory_bytes(root)
+        image = memimage.MemoryImageWriter(
+            os.path.join(workdir, store_mod.MEMORY_IMAGE_FILE), memory_size)
+        device_path = os.path.join(workdir, store_mod.DEVICE_STREAM_FILE)
+        started = time.monotonic()
+        reader, pause_ms = _migrate(domain, image, device_path, disks, generation_id,
+                                    downtime_limit_ms, timeout_s)
+        chunks = image.close()
+        frozen = [_keep_frozen_base(disk, workdir) for disk in disks]
+        uid, gid = hostinfo.qemu_user_ids(conn)
+        os.chown(image.path, uid, gid)
+        generation = store_mod.Generation(
+            id=generation_id,
+            source_domain=domain_name,
+            source_uuid=domain.UUIDString(),
+            created_at=datetime.datetime.now(datetime.timezone.utc).isoformat(),
+            memory_bytes=memory_size,
+            vcpus=domainxml.vcpus(root),
+            machine_type=reader.splitter.machine_type,
+            main_block=(reader.splitter.main_block or b"").decode(),
+            chunk_size_bytes=memimage.CHUNK_SIZE_BYTES,
+            chunks=chunks,
+            device_stream_sha256=store_mod.sha256_file(device_path),
+            disks=frozen,
+            domain_xml=master_xml,
+            cookie_xml=None,
+            pause_ms=round(pause_ms, 2),
+            has_genid=domainxml.has_genid(root),
+        )
+        store.publish(generation, workdir)
+    except BaseException:
+        store.discard_partial(workdir)
+        raise
+    if not generation.has_genid:
+        LOG.warning("Domain %s has no <genid/>: its clones cannot be told they "
+                    "are clones and will share RNG state", domain_name)
+    LOG.info("Blessed %s as generation %s in %.0f ms (master paused %.1f ms, "
+             "%d of %d chunks hold data)", domain_name, generation_id,
+             (time.monotonic() - started) * 1000, pause_ms,
+             sum(1 for c in chunks if c), len(chunks))
+    return generation
+
+
+def _migrate(domain: libvirt.virDomain, image: memimage.MemoryImageWriter,
+             device_path: str, disks: list[domainxml.DiskInfo], generation_id: str,
+             downtime_limit_ms: int, timeout_s: float) -> tuple[_StreamReader, float]:
+    saved = qmp.command(domain, "query-migrate-parameters")
+    read_fd, write_fd = os.pipe()
+    device_out = open(device_path, "wb")
+    splitter = migstream.StreamSplitter(
+        image, device_out, domainxml.CLONE_RAM_BACKEND_ID.encode())
+    reader = _StreamReader(os.fdopen(read_fd, "rb", buffering=_PIPE_BUFFER_BYTES),
+                           splitter, device_out)
+    fdname = f"clone-bless-{generation_id[:8]}"
+    try:
+        qmp.command(domain, "migrate-set-capabilities", capabilities=[
+            {"capability": "pause-before-switchover", "state": True}])
+        qmp.command(domain, "migrate-set-parameters", **{
+            "downtime-limit": downtime_limit_ms, "max-bandwidth": 1 << 40})
+        qmp.command(domain, "getfd", files=[write_fd], fdname=fdname)
+        os.close(write_fd)
+        write_fd = -1
+        reader.start()
+        qmp.command(domain, "migrate", uri=f"fd:{fdname}")
+        deadline = time.monotonic() + timeout_s
+        _wait_for(domain, ("pre-switchover",), deadline)
+        _freeze_disks(domain, disks, generation_id)
+        qmp.command(domain, "migrate-continue", state="pre-switchover")
+        info = _wait_for(domain, ("completed",), deadline)
+        completed_at = time.monotonic()
+        domain.resume()
+        pause_ms = info.get("downtime", 0) + (time.monotonic() - completed_at) * 1000
+    except BaseException as exc:
+        _abort(domain)
+        if write_fd >= 0:
+            os.close(write_fd)
+        reader.join(timeout=30)
+        raise BlessError(f"bless of {domain.name()} failed: {exc}") from exc
+    finally:
+        _restore_settings(domain, saved)
+    reader.join()
+    if reader.error:
+        raise BlessError(f"bless of {domain.name()} produced a stream this "
+                         f"engine cannot use: {reader.error}")
+    return reader, pause_ms
+
+
+def _wait_for(domain: libvirt.virDomain, states: tuple[str, ...],
+              deadline: float) -> dict:
+    while True:
+        info = qmp.command(domain, "query-migrate")
+        status = info.get("status")
+        if status in states:
+            return info
+        if status in ("failed", "cancelled"):
+            raise BlessError(f"migration {status}: {info.get('error-desc', '')}")
+        if time.monotonic() > deadline:
+            raise BlessError(f"migration did not reach {states[0]} in time "
+                             "(is the guest dirtying memory faster than it streams?)")
+        time.sleep(_POLL_INTERVAL_S)
+
+
+def _freeze_disks(domain: libvirt.virDomain, disks: list[domainxml.DiskInfo],
+                  generation_id: str) -> None:
+    if not disks:
+        return
+    entries = "".join(
+        f"<disk name='{d.target}' snapshot='external'>"
+        f"<source file='{master_overlay_path(d, generation_id)}'/></disk>"
+        for d in disks)
+    domain.snapshotCreateXML(
+        f"<domainsnapshot><name>clone-{generation_id}</name><disks>{entries}</disks>"
+        "</domainsnapshot>",
+        libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY
+        | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_NO_METADATA
+        | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_ATOMIC)
+
+
+def master_overlay_path(disk: domainxml.DiskInfo, generation_id: str) -> str:
+    """Where the master writes after the bless (next to its old image)."""
+    return f"{disk.path}.live-{generation_id[:8]}"
+
+
+def _abort(domain: libvirt.virDomain) -> None:
+    try:
+        qmp.command(domain, "migrate_cancel")
+    except qmp.QMPError:
+        LOG.exception("Could not cancel the bless migration of %s", domain.name())
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        status = qmp.command(domain, "query-migrate").get("status")
+        if status in (None, "cancelled", "failed", "completed"):
+            break
+        time.sleep(0.01)
+    if domain.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
+        domain.resume()
+
+
+def _restore_settings(domain: libvirt.virDomain, saved: dict) -> None:
+    try:
+        qmp.command(domain, "migrate-set-capabilities", capabilities=[
+            {"capability": "pause-before-switchover", "state": False}])
+        qmp.command(domain, "migrate-set-parameters", **{
+            "downtime-limit": saved["downtime-limit"],
+            "max-bandwidth": saved["max-bandwidth"]})
+    except qmp.QMPError:
+        LOG.exception("Could not restore migration settings of %s", domain.name())
+
+
+def _check_backing(disk: domainxml.DiskInfo) -> None:
+    if disk.format != "qcow2":
+        return
+    out = subprocess.run(["qemu-img", "info", "-U", "--output=json", disk.path],
+                         check=True, capture_output=True, text=True).stdout
+    backing = json.loads(out).get("backing-filename")
+    if backing and not os.path.isabs(backing):
+        raise BlessError(f"disk {disk.target} has a relative backing file "
+                         f"({backing}); clones need an absolute one")
+
+
+def _keep_frozen_base(disk: domainxml.DiskInfo, workdir: str) -> dict[str, str]:
+    """Give the generation its own name for the frozen image, so it outlives
+    the master's files (a hard link; a copy across filesystems)."""
+    relative = os.path.join("disks", f"{disk.target}.{disk.format}")
+    base = os.path.join(workdir, relative)
+    os.makedirs(os.path.dirname(base), exist_ok=True)
+    try:
+        os.link(disk.path, base)
+    except OSError:
+        shutil.copyfile(disk.path, base)
+    os.chmod(base, 0o644)
+    return {"target": disk.target, "format": disk.format, "base": relative}
+

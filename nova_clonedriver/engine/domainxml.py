@@ -1,0 +1,155 @@
+"""Domain XML for a clone, derived from its master's.
+
+A clone is the master's domain with its own identity (name, UUID, VM
+generation ID), its own disk overlays and console/channel paths, and guest
+RAM backed by the generation's memory image, mapped privately. libvirt has
+no element for "RAM from this file, copy-on-write", so the backend is added
+on QEMU's command line; QEMU 7.2 lets a later ``-machine memory-backend=``
+replace the one libvirt generates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+import uuid
+import xml.etree.ElementTree as ET
+
+QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
+CLONE_RAM_BACKEND_ID = "clone-ram"
+ET.register_namespace("qemu", QEMU_NS)
+
+_MEMORY_UNITS = {"b": 1, "bytes": 1, "KiB": 1 << 10, "k": 1 << 10,
+                 "MiB": 1 << 20, "M": 1 << 20, "GiB": 1 << 30, "G": 1 << 30}
+
+
+class DomainXMLError(Exception):
+    """The master uses something a clone cannot be made of."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DiskInfo:
+    target: str
+    path: str
+    format: str
+
+
+def parse(xml: str) -> ET.Element:
+    return ET.fromstring(xml)
+
+
+def to_string(root: ET.Element) -> str:
+    return ET.tostring(root, encoding="unicode")
+
+
+def memory_bytes(root: ET.Element) -> int:
+    element = root.find("memory")
+    if element is None or element.text is None:
+        raise DomainXMLError("domain has no <memory>")
+    return int(element.text) * _MEMORY_UNITS[element.get("unit", "KiB")]
+
+
+def vcpus(root: ET.Element) -> int:
+    element = root.find("vcpu")
+    return int(element.text) if element is not None and element.text else 1
+
+
+def writable_disks(root: ET.Element) -> list[DiskInfo]:
+    """The disks a bless must freeze; refuses kinds it cannot."""
+    disks = []
+    for disk in root.findall("devices/disk"):
+        if disk.find("readonly") is not None or disk.get("device") in ("cdrom", "floppy"):
+            continue
+        target = disk.find("target")
+        source = disk.find("source")
+        driver = disk.find("driver")
+        if disk.get("type") != "file" or source is None or target is None:
+            raise DomainXMLError(
+                f"disk {target.get('dev') if target is not None else '?'} is of "
+                f"type {disk.get('type')!r}: only file-backed disks can be frozen")
+        if disk.find("shareable") is not None:
+            raise DomainXMLError(f"disk {target.get('dev')} is shareable")
+        fmt = driver.get("type", "raw") if driver is not None else "raw"
+        if fmt not in ("raw", "qcow2"):
+            raise DomainXMLError(f"disk {target.get('dev')} has format {fmt!r}")
+        disks.append(DiskInfo(target.get("dev", ""), source.get("file", ""), fmt))
+    return disks
+
+
+def has_genid(root: ET.Element) -> bool:
+    return root.find("genid") is not None
+
+
+def random_mac() -> str:
+    """A locally administered MAC in the range libvirt itself uses."""
+    return "52:54:00:%02x:%02x:%02x" % tuple(random.randbytes(3))
+
+
+@dataclasses.dataclass(frozen=True)
+class CloneIdentity:
+    name: str
+    uuid: str
+    genid: str
+    directory: str
+    overlays: dict[str, str]  # disk target -> overlay path
+
+
+def clone_xml(master_xml: str, identity: CloneIdentity, memory_image: str,
+              size_bytes: int) -> str:
+    """The restore XML of one clone (its NICs still carry the master's MACs:
+    the device state does too; launch swaps them once the clone runs)."""
+    root = parse(master_xml)
+    root.attrib.pop("id", None)
+    root.find("name").text = identity.name  # type: ignore[union-attr]
+    root.find("uuid").text = identity.uuid  # type: ignore[union-attr]
+    genid = root.find("genid")
+    if genid is not None:
+        genid.text = identity.genid
+    for disk in root.findall("devices/disk"):
+        target = disk.find("target")
+        if target is None or target.get("dev") not in identity.overlays:
+            continue
+        for backing in disk.findall("backingStore"):
+            disk.remove(backing)
+        disk.find("source").set("file", identity.overlays[target.get("dev")])  # type: ignore[union-attr]
+        disk.find("driver").set("type", "qcow2")  # type: ignore[union-attr]
+    for kind in ("serial", "console", "channel", "parallel"):
+        for device in root.findall(f"devices/{kind}"):
+            if device.get("type") in ("file", "unix"):
+                for source in device.findall("source"):
+                    if source.get("path"):
+                        source.set("path", _moved(source.get("path", ""), identity))
+            for log in device.findall("log"):
+                log.set("file", _moved(log.get("file", ""), identity))
+    _add_memory_backend(root, memory_image, size_bytes)
+    return to_string(root)
+
+
+def _moved(path: str, identity: CloneIdentity) -> str:
+    return os.path.join(identity.directory, os.path.basename(path))
+
+
+def _add_memory_backend(root: ET.Element, memory_image: str, size_bytes: int) -> None:
+    commandline = root.find(f"{{{QEMU_NS}}}commandline")
+    if commandline is None:
+        commandline = ET.SubElement(root, f"{{{QEMU_NS}}}commandline")
+    backend = (f"memory-backend-file,id={CLONE_RAM_BACKEND_ID},mem-path={memory_image},"
+               f"share=off,size={size_bytes}")
+    for value in ("-object", backend, "-machine", f"memory-backend={CLONE_RAM_BACKEND_ID}"):
+        ET.SubElement(commandline, f"{{{QEMU_NS}}}arg", value=value)
+
+
+def interfaces(root: ET.Element) -> list[ET.Element]:
+    return root.findall("devices/interface")
+
+
+def interface_with_mac(interface: ET.Element, mac: str) -> str:
+    """A copy of ``interface`` for hot-plugging with a new MAC (libvirt picks
+    a fresh PCI slot and alias)."""
+    copy = ET.fromstring(ET.tostring(interface))
+    for tag in ("address", "alias", "target"):
+        for element in copy.findall(tag):
+            copy.remove(element)
+    copy.find("mac").set("address", mac)  # type: ignore[union-attr]
+    return to_string(copy)

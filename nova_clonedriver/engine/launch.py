@@ -1,0 +1,189 @@
+"""Launch: start clones of a generation as ordinary libvirt domains.
+
+Each clone is restored through libvirt from a save image made of a fresh
+header (the clone's own domain XML) and the generation's device stream. Its
+RAM is the generation's memory image mapped privately, so nothing is copied
+at launch and untouched pages stay shared between clones. Once it runs, its
+NICs are swapped for ones with its own MAC (the guest kept the master's in
+its memory), and its new VM generation ID has already told the guest to
+reseed its RNG.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import datetime
+import json
+import logging
+import os
+import shutil
+import subprocess
+import time
+import uuid
+
+import libvirt
+
+from nova_clonedriver.engine import domainxml
+from nova_clonedriver.engine import memimage
+from nova_clonedriver.engine import savefile
+from nova_clonedriver.engine import store as store_mod
+
+LOG = logging.getLogger(__name__)
+
+VERIFIED_FILE = "verified.json"
+
+
+class LaunchError(RuntimeError):
+    """No clone was left behind for the failures this reports;
+    ``launched`` holds the clones that did start."""
+
+    def __init__(self, message: str, launched: list[Clone] | None = None) -> None:
+        super().__init__(message)
+        self.launched = launched or []
+
+
+@dataclasses.dataclass
+class Clone:
+    name: str
+    uuid: str
+    generation: str
+    mac_addresses: list[str]
+    restore_ms: float  # launch call to the clone's guest running
+    ready_ms: float  # ... and to its NICs carrying the clone's MACs
+
+
+def launch(conn: libvirt.virConnect, store: store_mod.SnapshotStore,
+           generation_id: str, count: int = 1, name_prefix: str | None = None,
+           max_parallel: int = 8) -> list[Clone]:
+    """Start ``count`` clones of the generation, up to ``max_parallel`` at once."""
+    if count < 1:
+        raise LaunchError(f"clone count must be at least 1, not {count}")
+    generation = store.load(generation_id)
+    verify(generation)
+    prefix = name_prefix or f"{generation.source_domain}-clone"
+    with concurrent.futures.ThreadPoolExecutor(min(count, max_parallel)) as pool:
+        futures = [pool.submit(_launch_one, conn, store, generation, prefix)
+                   for _ in range(count)]
+        launched, errors = [], []
+        for future in futures:
+            try:
+                launched.append(future.result())
+            except Exception as exc:
+                errors.append(str(exc))
+    if errors:
+        raise LaunchError(f"{len(errors)} of {count} clones failed to start: "
+                          + "; ".join(sorted(set(errors))), launched)
+    return launched
+
+
+def verify(generation: store_mod.Generation) -> None:
+    """Refuse a generation whose files are missing or damaged.
+
+    Chunk checksums are checked in full once, then again only when the memory
+    image file changes (size, inode or mtime), so launches stay cheap."""
+    for path in [generation.memory_image, generation.device_stream] + [
+            generation.disk_base(d) for d in generation.disks]:
+        if not os.path.exists(path):
+            raise LaunchError(f"snapshot {generation.id} is damaged: {path} is missing")
+    if store_mod.sha256_file(generation.device_stream) != generation.device_stream_sha256:
+        raise LaunchError(f"snapshot {generation.id} is damaged: device "
+                          "state checksum mismatch")
+    st = os.stat(generation.memory_image)
+    fingerprint = {"size": st.st_size, "ino": st.st_ino, "mtime_ns": st.st_mtime_ns}
+    marker = os.path.join(generation.directory, VERIFIED_FILE)
+    try:
+        with open(marker) as f:
+            if json.load(f) == fingerprint:
+                return
+    except (OSError, ValueError):
+        pass
+    if st.st_size != generation.memory_bytes:
+        raise LaunchError(f"snapshot {generation.id} is damaged: memory image is "
+                          f"{st.st_size} bytes, not {generation.memory_bytes}")
+    bad = memimage.find_bad_chunks(generation.memory_image, generation.chunks)
+    if bad:
+        raise LaunchError(f"snapshot {generation.id} is damaged: {len(bad)} memory "
+                          f"chunk(s) fail their checksum (first: chunk {bad[0]})")
+    store_mod.write_json_atomic(marker, fingerprint)
+
+
+def _launch_one(conn: libvirt.virConnect, store: store_mod.SnapshotStore,
+                generation: store_mod.Generation, prefix: str) -> Clone:
+    started = time.monotonic()
+    clone_uuid = str(uuid.uuid4())
+    directory = store.clone_dir(clone_uuid)
+    identity = domainxml.CloneIdentity(
+        name=f"{prefix}-{clone_uuid[:8]}", uuid=clone_uuid, genid=str(uuid.uuid4()),
+        directory=directory,
+        overlays={d["target"]: os.path.join(directory, f"{d['target']}.qcow2")
+                  for d in generation.disks})
+    ref = store_mod.CloneReference(
+        uuid=clone_uuid, name=identity.name, generation=generation.id,
+        directory=directory, overlays=identity.overlays, mac_addresses=[],
+        created_at=datetime.datetime.now(datetime.timezone.utc).isoformat())
+    store.add_reference(generation, ref)
+    domain = None
+    try:
+        os.makedirs(directory)
+        os.chmod(directory, 0o711)
+        for disk in generation.disks:
+            _create_overlay(generation.disk_base(disk), disk["format"],
+                            identity.overlays[disk["target"]])
+        xml = domainxml.clone_xml(generation.domain_xml, identity,
+                                  generation.memory_image, generation.memory_bytes)
+        save_path = os.path.join(directory, "restore.save")
+        with open(save_path, "wb") as save, open(generation.device_stream, "rb") as stream:
+            save.write(savefile.build_header(xml, generation.cookie_xml))
+            shutil.copyfileobj(stream, save)
+        try:
+            conn.restoreFlags(save_path, None, libvirt.VIR_DOMAIN_SAVE_RUNNING)
+        finally:
+            os.unlink(save_path)
+        domain = conn.lookupByUUIDString(clone_uuid)
+        restore_ms = (time.monotonic() - started) * 1000
+        ref.mac_addresses = _swap_nics(domain)
+        store.add_reference(generation, ref)
+    except Exception as exc:
+        LOG.error("Clone %s of %s failed to start: %s", identity.name, generation.id, exc)
+        destroy_domain(domain)
+        shutil.rmtree(directory, ignore_errors=True)
+        store.drop_reference(generation, clone_uuid)
+        message = exc.get_error_message() if isinstance(exc, libvirt.libvirtError) else exc
+        raise LaunchError(f"clone {identity.name}: {message}") from exc
+    clone = Clone(name=identity.name, uuid=clone_uuid, generation=generation.id,
+                  mac_addresses=ref.mac_addresses, restore_ms=round(restore_ms, 1),
+                  ready_ms=round((time.monotonic() - started) * 1000, 1))
+    LOG.info("Clone %s of %s running after %.0f ms, ready after %.0f ms",
+             clone.name, generation.id, clone.restore_ms, clone.ready_ms)
+    return clone
+
+
+def _create_overlay(base: str, base_format: str, overlay: str) -> None:
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", base,
+                    "-F", base_format, overlay], check=True, capture_output=True)
+
+
+def _swap_nics(domain: libvirt.virDomain) -> list[str]:
+    """Replace each NIC by one with a new MAC; return the new MACs."""
+    macs = []
+    live = domainxml.parse(domain.XMLDesc(0))
+    for interface in domainxml.interfaces(live):
+        mac = domainxml.random_mac()
+        replacement = domainxml.interface_with_mac(interface, mac)
+        domain.detachDeviceFlags(domainxml.to_string(interface),
+                                 libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        domain.attachDeviceFlags(replacement, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        macs.append(mac)
+    return macs
+
+
+def destroy_domain(domain: libvirt.virDomain | None) -> None:
+    if domain is None:
+        return
+    try:
+        domain.destroy()
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+            LOG.warning("Could not destroy %s: %s", domain.name(), exc)
+

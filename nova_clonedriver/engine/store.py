@@ -1,0 +1,177 @@
+"""The on-disk snapshot store: generations and the clones that reference them.
+
+Everything lives in files so that it survives the process that wrote it:
+a generation is a directory (``generations/<id>``) that appears by an atomic
+rename once complete, and each clone's reference is one small file in it
+(``references/<clone uuid>.json``), written before the clone starts and
+removed after it is gone. The reference count is the number of those files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+from typing import Any
+
+GENERATION_FILE = "generation.json"
+MEMORY_IMAGE_FILE = "memory.img"
+DEVICE_STREAM_FILE = "device.stream"
+REFERENCES_DIR = "references"
+
+
+class GenerationNotFound(LookupError):
+    pass
+
+
+class GenerationInUse(RuntimeError):
+    pass
+
+
+@dataclasses.dataclass
+class Generation:
+    id: str
+    source_domain: str
+    source_uuid: str
+    created_at: str
+    memory_bytes: int
+    vcpus: int
+    machine_type: str
+    main_block: str
+    chunk_size_bytes: int
+    chunks: list[str | None]
+    device_stream_sha256: str
+    disks: list[dict[str, str]]  # target, format, base (relative to directory)
+    domain_xml: str
+    cookie_xml: str | None
+    pause_ms: float
+    has_genid: bool
+    directory: str = ""
+
+    @property
+    def memory_image(self) -> str:
+        return os.path.join(self.directory, MEMORY_IMAGE_FILE)
+
+    @property
+    def device_stream(self) -> str:
+        return os.path.join(self.directory, DEVICE_STREAM_FILE)
+
+    def disk_base(self, disk: dict[str, str]) -> str:
+        return os.path.join(self.directory, disk["base"])
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        del data["directory"]
+        return data
+
+
+@dataclasses.dataclass
+class CloneReference:
+    uuid: str
+    name: str
+    generation: str
+    directory: str
+    created_at: str
+    overlays: dict[str, str]
+    mac_addresses: list[str]
+
+
+def write_json_atomic(path: str, data: Any) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.rename(tmp, path)
+
+
+def sha256_file(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class SnapshotStore:
+    def __init__(self, state_dir: str) -> None:
+        self.state_dir = state_dir
+        self.generations_dir = os.path.join(state_dir, "generations")
+        self.clones_dir = os.path.join(state_dir, "clones")
+        for path in (self.generations_dir, self.clones_dir):
+            os.makedirs(path, exist_ok=True)
+        # QEMU (an unprivileged user) must reach the files below.
+        for path in (state_dir, self.generations_dir, self.clones_dir):
+            os.chmod(path, 0o711)
+
+    def new_generation_dir(self, generation_id: str) -> str:
+        """A private directory to build a generation in; see publish()."""
+        path = os.path.join(self.generations_dir, f".partial-{generation_id}")
+        os.makedirs(os.path.join(path, REFERENCES_DIR))
+        os.chmod(path, 0o711)
+        return path
+
+    def publish(self, generation: Generation, partial_dir: str) -> None:
+        write_json_atomic(os.path.join(partial_dir, GENERATION_FILE), generation.to_json())
+        final = os.path.join(self.generations_dir, generation.id)
+        os.rename(partial_dir, final)
+        generation.directory = final
+
+    def discard_partial(self, partial_dir: str) -> None:
+        shutil.rmtree(partial_dir, ignore_errors=True)
+
+    def generation_ids(self) -> list[str]:
+        return sorted(name for name in os.listdir(self.generations_dir)
+                      if not name.startswith("."))
+
+    def load(self, generation_id: str) -> Generation:
+        """The generation whose id is or starts with ``generation_id``."""
+        matches = [g for g in self.generation_ids() if g.startswith(generation_id)]
+        if not generation_id or len(matches) != 1:
+            raise GenerationNotFound(
+                f"no snapshot generation {generation_id!r}" if not matches else
+                f"snapshot id {generation_id!r} is ambiguous: {', '.join(matches)}")
+        directory = os.path.join(self.generations_dir, matches[0])
+        try:
+            with open(os.path.join(directory, GENERATION_FILE)) as f:
+                data = json.load(f)
+        except (OSError, ValueError) as exc:
+            raise GenerationNotFound(
+                f"snapshot generation {matches[0]} is damaged: {exc}") from exc
+        return Generation(directory=directory, **data)
+
+    def add_reference(self, generation: Generation, ref: CloneReference) -> None:
+        write_json_atomic(self._reference_path(generation, ref.uuid),
+                          dataclasses.asdict(ref))
+
+    def drop_reference(self, generation: Generation, clone_uuid: str) -> None:
+        try:
+            os.unlink(self._reference_path(generation, clone_uuid))
+        except FileNotFoundError:
+            pass
+
+    def references(self, generation: Generation) -> list[CloneReference]:
+        directory = os.path.join(generation.directory, REFERENCES_DIR)
+        refs = []
+        for name in sorted(os.listdir(directory)):
+            if name.endswith(".json"):
+                with open(os.path.join(directory, name)) as f:
+                    refs.append(CloneReference(**json.load(f)))
+        return refs
+
+    def remove_generation(self, generation: Generation) -> None:
+        if self.references(generation):
+            raise GenerationInUse(f"snapshot {generation.id} still has clones")
+        # Rename first so a crash half-way never leaves a half generation
+        # that looks whole.
+        doomed = os.path.join(self.generations_dir, f".discard-{generation.id}")
+        os.rename(generation.directory, doomed)
+        shutil.rmtree(doomed)
+
+    def clone_dir(self, clone_uuid: str) -> str:
+        return os.path.join(self.clones_dir, clone_uuid)
+
+    def _reference_path(self, generation: Generation, clone_uuid: str) -> str:
+        return os.path.join(generation.directory, REFERENCES_DIR, f"{clone_uuid}.json")

@@ -1,0 +1,1 @@
+"""The nova adapter (depends on the engine; the engine never on it)."""

@@ -1,0 +1,378 @@
+/*
+ * clone-agent: the test guest's agent for nova-clonedriver.
+ *
+ * Runs inside the test guest (started by /init) and gives the host a way to
+ * see what a clone inherited from its master and what makes it unique:
+ *
+ *   - every second it prints "clone-agent hb=<n>" on the console, <n> a
+ *     counter that only goes up, so a clone's console shows it carrying on
+ *     from the master's value;
+ *   - it answers one-line requests "<id> <command> [args]" with one JSON
+ *     line carrying the same id, on the virtio-serial port named
+ *     org.nova-clonedriver.agent.0 and on the console.
+ *
+ * Commands (see doc/source/test-guest.rst):
+ *   ping                 heartbeat counter and pattern state
+ *   fill <mib> <seed>    fill <mib> MiB of fresh memory with a seeded pattern
+ *   checksum             recompute the checksum of the filled memory
+ *   dirty <percent> <seed>  rewrite that share of the filled pages
+ *   identity             16 random bytes, VM generation ID, NICs (MAC, IPv4)
+ *
+ * Kernel command line "clone_agent.fill=<mib>:<seed>" fills at boot.
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <net/if.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define PORT_NAME "org.nova-clonedriver.agent.0"
+#define PAGE_SIZE_BYTES 4096UL
+#define LINE_MAX_BYTES 512
+#define MAX_NICS 16
+
+static uint64_t heartbeat;
+static uint64_t *pattern;
+static size_t pattern_bytes;
+static uint64_t pattern_seed;
+
+struct channel {
+    int fd;
+    char buf[LINE_MAX_BYTES];
+    size_t used;
+};
+
+static uint64_t splitmix64(uint64_t x)
+{
+    x += 0x9e3779b97f4a7c15ULL;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+    return x ^ (x >> 31);
+}
+
+/* Every page gets its own words, so no two pages are alike (KSM and zero-page
+ * detection cannot make the pattern look cheaper than real guest data). */
+static void write_page(uint64_t *page, uint64_t seed, size_t index)
+{
+    uint64_t v = splitmix64(seed ^ (index * 0x100000001b3ULL));
+    for (size_t i = 0; i < PAGE_SIZE_BYTES / 8; i++)
+        page[i] = v + i;
+}
+
+static uint64_t pattern_checksum(void)
+{
+    uint64_t h = 0xcbf29ce484222325ULL;
+    size_t words = pattern_bytes / 8;
+    for (size_t i = 0; i < words; i++)
+        h = (h ^ pattern[i]) * 0x100000001b3ULL;
+    return h;
+}
+
+static double now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1000.0 + ts.tv_nsec / 1e6;
+}
+
+static void reply(int fd, const char *id, const char *fmt, ...)
+{
+    char out[4096];
+    int n = snprintf(out, sizeof(out), "{\"id\":\"%s\",", id);
+    va_list ap;
+    va_start(ap, fmt);
+    n += vsnprintf(out + n, sizeof(out) - n - 2, fmt, ap);
+    va_end(ap);
+    out[n++] = '}';
+    out[n++] = '\n';
+    /* A port whose host side is not connected refuses writes: drop them. */
+    if (write(fd, out, n) < 0 && errno != EPIPE && errno != EAGAIN)
+        perror("clone-agent: reply");
+}
+
+static int do_fill(size_t mib, uint64_t seed)
+{
+    if (pattern)
+        munmap(pattern, pattern_bytes);
+    pattern = NULL;
+    pattern_bytes = mib << 20;
+    if (!pattern_bytes)
+        return 0;
+    pattern = mmap(NULL, pattern_bytes, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (pattern == MAP_FAILED) {
+        pattern = NULL;
+        pattern_bytes = 0;
+        return -1;
+    }
+    pattern_seed = seed;
+    for (size_t p = 0; p < pattern_bytes / PAGE_SIZE_BYTES; p++)
+        write_page(pattern + p * (PAGE_SIZE_BYTES / 8), seed, p);
+    return 0;
+}
+
+static size_t do_dirty(unsigned percent, uint64_t seed)
+{
+    size_t pages = pattern_bytes / PAGE_SIZE_BYTES;
+    size_t count = pages * percent / 100;
+    /* Spread the rewritten pages over the whole region. */
+    for (size_t k = 0; k < count; k++) {
+        size_t p = (size_t)((k * (uint64_t)pages) / (count ? count : 1));
+        write_page(pattern + p * (PAGE_SIZE_BYTES / 8), seed, p);
+    }
+    return count;
+}
+
+/* QEMU's vmgenid fw_cfg blob holds the GUID at this offset. */
+#define VMGENID_GUID_OFFSET 40
+
+static void read_file_hex(const char *path, off_t offset, size_t len,
+                          char *out, size_t out_len)
+{
+    unsigned char raw[64];
+    out[0] = '\0';
+    int fd = open(path, O_RDONLY);
+    if (fd < 0 || len > sizeof(raw))
+        return;
+    ssize_t n = pread(fd, raw, len, offset);
+    close(fd);
+    for (ssize_t i = 0; i < n && (size_t)(2 * i + 2) < out_len; i++)
+        sprintf(out + 2 * i, "%02x", raw[i]);
+}
+
+static void read_first_line(const char *path, char *out, size_t out_len)
+{
+    out[0] = '\0';
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return;
+    if (fgets(out, out_len, f))
+        out[strcspn(out, "\n")] = '\0';
+    fclose(f);
+}
+
+static void ipv4_of(const char *ifname, char *out, size_t out_len)
+{
+    struct ifreq ifr;
+    out[0] = '\0';
+    int s = socket(AF_INET, SOCK_DGRAM, 0);
+    if (s < 0)
+        return;
+    memset(&ifr, 0, sizeof(ifr));
+    snprintf(ifr.ifr_name, IFNAMSIZ, "%.15s", ifname);
+    if (ioctl(s, SIOCGIFADDR, &ifr) == 0)
+        inet_ntop(AF_INET, &((struct sockaddr_in *)&ifr.ifr_addr)->sin_addr,
+                  out, out_len);
+    close(s);
+}
+
+static void do_identity(int fd, const char *id)
+{
+    unsigned char rnd[16];
+    char rnd_hex[33] = "", genid[80], nics[1536] = "";
+    size_t used = 0;
+
+    if (getrandom(rnd, sizeof(rnd), 0) == sizeof(rnd))
+        for (int i = 0; i < 16; i++)
+            sprintf(rnd_hex + 2 * i, "%02x", rnd[i]);
+    read_file_hex("/sys/firmware/qemu_fw_cfg/by_name/etc/vmgenid_guid/raw",
+                  VMGENID_GUID_OFFSET, 16, genid, sizeof(genid));
+
+    DIR *d = opendir("/sys/class/net");
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+        char path[300], mac[32], ip[INET_ADDRSTRLEN];
+        if (e->d_name[0] == '.' || !strcmp(e->d_name, "lo"))
+            continue;
+        snprintf(path, sizeof(path), "/sys/class/net/%s/address", e->d_name);
+        read_first_line(path, mac, sizeof(mac));
+        ipv4_of(e->d_name, ip, sizeof(ip));
+        used += snprintf(nics + used, sizeof(nics) - used,
+                         "%s{\"name\":\"%s\",\"mac\":\"%s\",\"ipv4\":\"%s\"}",
+                         used ? "," : "", e->d_name, mac, ip);
+        if (used >= sizeof(nics) - 128)
+            break;
+    }
+    if (d)
+        closedir(d);
+    reply(fd, id, "\"ok\":true,\"random\":\"%s\",\"genid\":\"%s\",\"nics\":[%s]",
+          rnd_hex, genid, nics);
+}
+
+static void handle_line(int fd, char *line)
+{
+    char id[64], cmd[32];
+    unsigned long long a = 0, b = 0;
+    int n = sscanf(line, "%63s %31s %llu %llu", id, cmd, &a, &b);
+    if (n < 2) {
+        if (n == 1)
+            reply(fd, id, "\"ok\":false,\"error\":\"no command\"");
+        return;
+    }
+    if (!strcmp(cmd, "ping")) {
+        reply(fd, id, "\"ok\":true,\"hb\":%llu,\"pattern_mib\":%zu",
+              (unsigned long long)heartbeat, pattern_bytes >> 20);
+    } else if (!strcmp(cmd, "fill") && n == 4) {
+        double t0 = now_ms();
+        if (do_fill((size_t)a, b) < 0) {
+            reply(fd, id, "\"ok\":false,\"error\":\"cannot map %llu MiB\"", a);
+            return;
+        }
+        reply(fd, id, "\"ok\":true,\"mib\":%llu,\"seed\":%llu,"
+              "\"checksum\":\"%016llx\",\"fill_ms\":%.0f", a, b,
+              (unsigned long long)pattern_checksum(), now_ms() - t0);
+    } else if (!strcmp(cmd, "checksum")) {
+        reply(fd, id, "\"ok\":true,\"mib\":%zu,\"seed\":%llu,"
+              "\"checksum\":\"%016llx\"", pattern_bytes >> 20,
+              (unsigned long long)pattern_seed,
+              (unsigned long long)pattern_checksum());
+    } else if (!strcmp(cmd, "dirty") && n == 4 && a <= 100) {
+        size_t pages = do_dirty((unsigned)a, b);
+        reply(fd, id, "\"ok\":true,\"pages\":%zu", pages);
+    } else if (!strcmp(cmd, "identity")) {
+        do_identity(fd, id);
+    } else {
+        reply(fd, id, "\"ok\":false,\"error\":\"unknown or malformed command\"");
+    }
+}
+
+/* Read what is there; run every complete line. Returns -1 on hang-up. */
+static int pump(struct channel *ch)
+{
+    ssize_t n = read(ch->fd, ch->buf + ch->used, sizeof(ch->buf) - ch->used - 1);
+    if (n <= 0)
+        return (n == 0 || (errno != EAGAIN && errno != EINTR)) ? -1 : 0;
+    ch->used += n;
+    ch->buf[ch->used] = '\0';
+    char *start = ch->buf, *nl;
+    while ((nl = strchr(start, '\n'))) {
+        *nl = '\0';
+        if (nl > start && nl[-1] == '\r')
+            nl[-1] = '\0';
+        handle_line(ch->fd, start);
+        start = nl + 1;
+    }
+    ch->used -= start - ch->buf;
+    memmove(ch->buf, start, ch->used);
+    if (ch->used == sizeof(ch->buf) - 1)
+        ch->used = 0; /* an over-long line is dropped, not run */
+    return 0;
+}
+
+static int open_agent_port(void)
+{
+    DIR *d = opendir("/sys/class/virtio-ports");
+    struct dirent *e;
+    int fd = -1;
+    while (d && (e = readdir(d))) {
+        char path[300], name[128];
+        snprintf(path, sizeof(path), "/sys/class/virtio-ports/%s/name", e->d_name);
+        read_first_line(path, name, sizeof(name));
+        if (strcmp(name, PORT_NAME))
+            continue;
+        snprintf(path, sizeof(path), "/dev/%s", e->d_name);
+        fd = open(path, O_RDWR | O_NONBLOCK | O_CLOEXEC);
+        break;
+    }
+    if (d)
+        closedir(d);
+    return fd;
+}
+
+/* Hot-plugged NICs (a clone gets its own) are brought up by /sbin/netup.
+ * They are told apart by ifindex: a new NIC may reuse an old one's name. */
+static void bring_up_new_nics(void)
+{
+    static int seen[MAX_NICS];
+    static int seen_count;
+    DIR *d = opendir("/sys/class/net");
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+        char path[300], index_text[16];
+        int known = 0, ifindex;
+        if (e->d_name[0] == '.' || !strcmp(e->d_name, "lo"))
+            continue;
+        snprintf(path, sizeof(path), "/sys/class/net/%s/ifindex", e->d_name);
+        read_first_line(path, index_text, sizeof(index_text));
+        ifindex = atoi(index_text);
+        for (int i = 0; i < seen_count; i++)
+            known |= seen[i] == ifindex;
+        if (known || seen_count == MAX_NICS)
+            continue;
+        seen[seen_count++] = ifindex;
+        if (fork() == 0) {
+            execl("/sbin/netup", "netup", e->d_name, (char *)NULL);
+            _exit(127);
+        }
+    }
+    if (d)
+        closedir(d);
+    while (waitpid(-1, NULL, WNOHANG) > 0)
+        ;
+}
+
+static void fill_from_cmdline(void)
+{
+    char cmdline[1024];
+    unsigned long long mib, seed;
+    read_first_line("/proc/cmdline", cmdline, sizeof(cmdline));
+    char *opt = strstr(cmdline, "clone_agent.fill=");
+    if (opt && sscanf(opt, "clone_agent.fill=%llu:%llu", &mib, &seed) == 2) {
+        do_fill((size_t)mib, seed);
+        printf("clone-agent filled mib=%llu seed=%llu checksum=%016llx\n", mib,
+               seed, (unsigned long long)pattern_checksum());
+    }
+}
+
+int main(void)
+{
+    struct channel console = {.fd = STDIN_FILENO};
+    struct channel port = {.fd = -1};
+    double next_beat = now_ms();
+
+    signal(SIGPIPE, SIG_IGN);
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    fcntl(STDIN_FILENO, F_SETFL, fcntl(STDIN_FILENO, F_GETFL) | O_NONBLOCK);
+    fill_from_cmdline();
+
+    for (;;) {
+        double now = now_ms();
+        if (now >= next_beat) {
+            printf("clone-agent hb=%llu\n", (unsigned long long)++heartbeat);
+            next_beat += 1000.0;
+            if (next_beat < now) /* the VM was paused: no burst of beats */
+                next_beat = now + 1000.0;
+            bring_up_new_nics();
+            if (port.fd < 0)
+                port.fd = open_agent_port();
+        }
+        struct pollfd fds[2] = {{.fd = console.fd, .events = POLLIN},
+                                {.fd = port.fd, .events = POLLIN}};
+        int wait_ms = (int)(next_beat - now) + 1;
+        if (wait_ms > 100)
+            wait_ms = 100; /* a port without a host only says HUP: re-check */
+        if (poll(fds, 2, wait_ms) < 0)
+            continue;
+        if (fds[0].revents & POLLIN)
+            pump(&console);
+        if (fds[1].revents & POLLIN)
+            pump(&port);
+        else if (fds[1].revents & POLLHUP)
+            usleep(wait_ms * 1000);
+    }
+}
