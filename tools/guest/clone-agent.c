@@ -12,7 +12,7 @@
  *     org.nova-clonedriver.agent.0 and on the console.
  *
  * Commands (see doc/source/test-guest.rst):
- *   ping                 heartbeat counter and pattern state
+ *   ping                 heartbeat counter, pattern size, MemAvailable
  *   fill <mib> <seed>    fill <mib> MiB of fresh memory with a seeded pattern
  *   checksum             recompute the checksum of the filled memory
  *   dirty <percent> <seed>  rewrite that share of the filled pages
@@ -214,6 +214,19 @@ static void do_identity(int fd, const char *id)
           rnd_hex, genid, nics);
 }
 
+static long mem_available_kib(void)
+{
+    char line[128];
+    long kib = -1;
+    FILE *f = fopen("/proc/meminfo", "r");
+    while (f && fgets(line, sizeof(line), f))
+        if (sscanf(line, "MemAvailable: %ld kB", &kib) == 1)
+            break;
+    if (f)
+        fclose(f);
+    return kib;
+}
+
 static void handle_line(int fd, char *line)
 {
     char id[64], cmd[32];
@@ -225,8 +238,9 @@ static void handle_line(int fd, char *line)
         return;
     }
     if (!strcmp(cmd, "ping")) {
-        reply(fd, id, "\"ok\":true,\"hb\":%llu,\"pattern_mib\":%zu",
-              (unsigned long long)heartbeat, pattern_bytes >> 20);
+        reply(fd, id, "\"ok\":true,\"hb\":%llu,\"pattern_mib\":%zu,"
+              "\"mem_available_mib\":%ld", (unsigned long long)heartbeat,
+              pattern_bytes >> 20, mem_available_kib() / 1024);
     } else if (!strcmp(cmd, "fill") && n == 4) {
         double t0 = now_ms();
         if (do_fill((size_t)a, b) < 0) {

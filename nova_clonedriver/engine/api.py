@@ -1,0 +1,143 @@
+"""CloneEngine: the engine's public API (used by nova-clone and the nova driver)."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+from typing import Any
+
+import libvirt
+
+from nova_clonedriver.engine import bless as bless_mod
+from nova_clonedriver.engine import hostmem
+from nova_clonedriver.engine import launch as launch_mod
+from nova_clonedriver.engine import memimage
+from nova_clonedriver.engine import store as store_mod
+
+LOG = logging.getLogger(__name__)
+
+BlessError = bless_mod.BlessError
+LaunchError = launch_mod.LaunchError
+Clone = launch_mod.Clone
+Generation = store_mod.Generation
+GenerationNotFound = store_mod.GenerationNotFound
+GenerationInUse = store_mod.GenerationInUse
+
+
+class CloneNotFound(LookupError):
+    pass
+
+
+class CloneEngine:
+    """Bless running domains and launch, list, measure and remove clones.
+
+    :param conn: an open libvirt connection (read-write).
+    :param state_dir: the node's snapshot store.
+    """
+
+    def __init__(self, conn: libvirt.virConnect, state_dir: str,
+                 bless_downtime_limit_ms: int = 10, bless_timeout_s: float = 300,
+                 launch_parallelism: int = 8) -> None:
+        self.conn = conn
+        self.store = store_mod.SnapshotStore(state_dir)
+        self._downtime_limit_ms = bless_downtime_limit_ms
+        self._bless_timeout_s = bless_timeout_s
+        self._parallelism = launch_parallelism
+
+    def bless(self, domain_name: str) -> Generation:
+        return bless_mod.bless(self.conn, self.store, domain_name,
+                               self._downtime_limit_ms, self._bless_timeout_s)
+
+    def launch(self, generation_id: str, count: int = 1,
+               name_prefix: str | None = None) -> list[Clone]:
+        return launch_mod.launch(self.conn, self.store, generation_id, count,
+                                 name_prefix, self._parallelism)
+
+    def generations(self) -> list[Generation]:
+        return [self.store.load(g) for g in self.store.generation_ids()]
+
+    def clones(self, generation: Generation) -> list[store_mod.CloneReference]:
+        """The generation's clones, after dropping those whose domain is gone
+        (destroyed behind the engine's back): their overlays are freed."""
+        live = []
+        for ref in self.store.references(generation):
+            if self._domain(ref.uuid) is None:
+                LOG.info("Clone %s of %s no longer exists; freeing its files",
+                         ref.name, generation.id)
+                self._free(generation, ref)
+            else:
+                live.append(ref)
+        return live
+
+    def destroy_clone(self, name_or_uuid: str) -> None:
+        """Stop a clone, free its overlay and drop its reference."""
+        for generation in self.generations():
+            for ref in self.store.references(generation):
+                if name_or_uuid in (ref.name, ref.uuid):
+                    launch_mod.destroy_domain(self._domain(ref.uuid))
+                    self._free(generation, ref)
+                    LOG.info("Destroyed clone %s of %s", ref.name, generation.id)
+                    return
+        raise CloneNotFound(f"no clone {name_or_uuid!r}")
+
+    def discard(self, generation_id: str) -> None:
+        """Free a generation; refused while any clone of it runs."""
+        generation = self.store.load(generation_id)
+        clones = self.clones(generation)
+        if clones:
+            raise GenerationInUse(
+                f"snapshot {generation.id} still has {len(clones)} clone(s): "
+                + ", ".join(c.name for c in clones))
+        self.store.remove_generation(generation)
+        LOG.info("Discarded generation %s", generation.id)
+
+    def stats(self) -> list[dict[str, Any]]:
+        """Per generation: clones, image size, page-cache residency; per clone:
+        its private (written) memory and its share of host memory (PSS)."""
+        result = []
+        for generation in self.generations():
+            image = generation.memory_image
+            clones = []
+            for ref in self.clones(generation):
+                pid = hostmem.qemu_pid(ref.name)
+                entry: dict[str, Any] = {"name": ref.name, "uuid": ref.uuid}
+                if pid:
+                    mapping = hostmem.mapping_kib(pid, os.path.realpath(image))
+                    rollup = hostmem.rollup_kib(pid)
+                    entry.update(
+                        private_written_mib=round(mapping.get("Private_Dirty", 0) / 1024, 1),
+                        image_resident_mib=round(mapping.get("Rss", 0) / 1024, 1),
+                        qemu_pss_mib=round(rollup.get("Pss", 0) / 1024, 1))
+                clones.append(entry)
+            result.append({
+                "generation": generation.id,
+                "source_domain": generation.source_domain,
+                "created_at": generation.created_at,
+                "clones": clones,
+                "memory_mib": generation.memory_bytes >> 20,
+                "image_allocated_mib": round(os.stat(image).st_blocks * 512 / 2**20, 1),
+                "image_cached_mib": round(memimage.resident_bytes(image) / 2**20, 1),
+                "bless_pause_ms": generation.pause_ms,
+            })
+        return result
+
+    def _domain(self, uuid: str) -> libvirt.virDomain | None:
+        try:
+            return self.conn.lookupByUUIDString(uuid)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return None
+            raise
+
+    def _free(self, generation: Generation, ref: store_mod.CloneReference) -> None:
+        shutil.rmtree(ref.directory, ignore_errors=True)
+        self.store.drop_reference(generation, ref.uuid)
+
+
+def generation_summary(generation: Generation) -> dict[str, Any]:
+    data = dataclasses.asdict(generation)
+    for bulky in ("chunks", "domain_xml", "cookie_xml"):
+        data.pop(bulky)
+    return data

@@ -1,0 +1,46 @@
+"""How much host memory QEMU processes and snapshot images really use."""
+
+from __future__ import annotations
+
+import os
+
+
+def qemu_pid(domain_name: str) -> int | None:
+    """PID of a running domain's QEMU (libvirt's pid file)."""
+    try:
+        with open(f"/run/libvirt/qemu/{domain_name}.pid") as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def rollup_kib(pid: int) -> dict[str, int]:
+    """/proc/<pid>/smaps_rollup as numbers (KiB): Rss, Pss, Pss_Anon, ..."""
+    values = {}
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) == 3 and parts[2] == "kB":
+                values[parts[0].rstrip(":")] = int(parts[1])
+    return values
+
+
+def mapping_kib(pid: int, path: str) -> dict[str, int]:
+    """smaps fields summed over the process's mappings of ``path``.
+
+    For a clone's mapping of its memory image, Private_Dirty is what the
+    guest wrote (its own copies) and Shared_Clean / Private_Clean what it
+    reads from the shared page cache."""
+    totals: dict[str, int] = {}
+    inside = False
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            parts = line.split()
+            if not parts:
+                continue
+            if "-" in parts[0] and not parts[0].endswith(":"):
+                inside = len(parts) >= 6 and os.path.realpath(parts[5]) == path
+            elif inside and len(parts) == 3 and parts[2] == "kB":
+                key = parts[0].rstrip(":")
+                totals[key] = totals.get(key, 0) + int(parts[1])
+    return totals

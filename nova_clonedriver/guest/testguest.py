@@ -1,0 +1,101 @@
+"""Boot the test guest under libvirt as an ordinary master domain.
+
+Its domain is what any user's would be: anonymous RAM, a qcow2 disk, a
+virtio NIC (user-mode networking, so no host bridge is needed), a serial
+console logged to a file, and the agent's virtio-serial channel.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from xml.sax.saxutils import escape
+
+import libvirt
+
+from nova_clonedriver.guest import agent as agent_mod
+
+CONSOLE_LOG = "console.log"
+AGENT_SOCKET = "agent.sock"
+DISK = "disk.qcow2"
+DISK_SIZE_MIB = 64
+
+
+class TestGuestMissing(RuntimeError):
+    pass
+
+
+def guest_dir_default() -> str:
+    """build/guest of the checkout, or $NOVA_CLONE_GUEST_DIR."""
+    if os.environ.get("NOVA_CLONE_GUEST_DIR"):
+        return os.environ["NOVA_CLONE_GUEST_DIR"]
+    return os.path.join(os.getcwd(), "build", "guest")
+
+
+def domain_xml(name: str, memory_mib: int, workdir: str, vcpus: int = 1,
+               mac: str = "52:54:00:c1:00:01") -> str:
+    kernel = os.path.join(workdir, "vmlinuz")
+    initrd = os.path.join(workdir, "initrd.img")
+    w = escape(workdir)
+    return f"""<domain type='qemu'>
+  <name>{escape(name)}</name>
+  <memory unit='MiB'>{memory_mib}</memory>
+  <vcpu>{vcpus}</vcpu>
+  <genid/>
+  <os>
+    <type arch='x86_64' machine='pc'>hvm</type>
+    <kernel>{escape(kernel)}</kernel>
+    <initrd>{escape(initrd)}</initrd>
+    <cmdline>console=ttyS0 quiet</cmdline>
+  </os>
+  <features><acpi/></features>
+  <devices>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2'/>
+      <source file='{w}/{DISK}'/>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+    <interface type='user'>
+      <mac address='{mac}'/>
+      <model type='virtio'/>
+    </interface>
+    <serial type='file'>
+      <source path='{w}/{CONSOLE_LOG}'/>
+      <target port='0'/>
+    </serial>
+    <channel type='unix'>
+      <source mode='bind' path='{w}/{AGENT_SOCKET}'/>
+      <target type='virtio' name='{agent_mod.AGENT_PORT_NAME}'/>
+    </channel>
+    <memballoon model='none'/>
+  </devices>
+</domain>"""
+
+
+def boot(conn: libvirt.virConnect, name: str, memory_mib: int, workdir: str,
+         guest_dir: str | None = None) -> tuple[libvirt.virDomain, agent_mod.AgentClient]:
+    """Start a transient test guest and wait for its agent."""
+    os.makedirs(workdir, exist_ok=True)
+    os.chmod(workdir, 0o711)
+    _copy_boot_files(guest_dir or guest_dir_default(), workdir)
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2",
+                    os.path.join(workdir, DISK), f"{DISK_SIZE_MIB}M"], check=True)
+    domain = conn.createXML(domain_xml(name, memory_mib, workdir), 0)
+    client = agent_mod.AgentClient(os.path.join(workdir, AGENT_SOCKET))
+    try:
+        client.wait_ready()
+    except agent_mod.AgentError:
+        domain.destroy()
+        raise
+    return domain, client
+
+
+def _copy_boot_files(guest_dir: str, workdir: str) -> None:
+    """Next to the disk, where QEMU's user can read them (a checkout under
+    /root or a mktemp folder is not reachable for it)."""
+    for name in ("vmlinuz", "initrd.img"):
+        source = os.path.join(guest_dir, name)
+        if not os.path.exists(source):
+            raise TestGuestMissing(f"{source} is missing: run tools/build-guest.sh")
+        shutil.copyfile(source, os.path.join(workdir, name))

@@ -1,0 +1,119 @@
+import xml.etree.ElementTree as ET
+
+import testtools
+
+from nova_clonedriver.engine import domainxml
+
+MASTER = """<domain type='qemu' id='7'>
+  <name>web</name>
+  <uuid>11111111-1111-1111-1111-111111111111</uuid>
+  <genid>22222222-2222-2222-2222-222222222222</genid>
+  <memory unit='KiB'>262144</memory>
+  <vcpu placement='static'>2</vcpu>
+  <devices>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='raw'/>
+      <source file='/srv/web/disk.raw'/>
+      <backingStore/>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+    <disk type='file' device='cdrom'>
+      <source file='/srv/config.iso'/>
+      <target dev='hdc' bus='ide'/>
+      <readonly/>
+    </disk>
+    <interface type='user'>
+      <mac address='52:54:00:00:00:01'/>
+      <model type='virtio'/>
+      <alias name='net0'/>
+      <address type='pci' domain='0x0000' bus='0x00' slot='0x03' function='0x0'/>
+    </interface>
+    <serial type='file'><source path='/srv/web/console.log'/><target port='0'/></serial>
+    <console type='file'><source path='/srv/web/console.log'/><target port='0'/></console>
+    <serial type='pty'><log file='/srv/web/pty.log'/><target port='1'/></serial>
+    <channel type='unix'>
+      <source mode='bind' path='/srv/web/agent.sock'/>
+      <target type='virtio' name='org.example.0'/>
+    </channel>
+  </devices>
+</domain>"""
+
+IDENTITY = domainxml.CloneIdentity(
+    name="web-clone-1", uuid="33333333-3333-3333-3333-333333333333",
+    genid="44444444-4444-4444-4444-444444444444", directory="/store/clones/3333",
+    overlays={"vda": "/store/clones/3333/vda.qcow2"})
+
+
+class TestMasterFacts(testtools.TestCase):
+    def test_memory_vcpus_genid(self):
+        root = domainxml.parse(MASTER)
+        self.assertEqual(256 << 20, domainxml.memory_bytes(root))
+        self.assertEqual(2, domainxml.vcpus(root))
+        self.assertTrue(domainxml.has_genid(root))
+
+    def test_writable_disks_skip_readonly(self):
+        disks = domainxml.writable_disks(domainxml.parse(MASTER))
+        self.assertEqual([domainxml.DiskInfo("vda", "/srv/web/disk.raw", "raw")], disks)
+
+    def test_network_disk_is_refused(self):
+        xml = MASTER.replace("<disk type='file' device='disk'>",
+                             "<disk type='network' device='disk'>")
+        error = self.assertRaises(domainxml.DomainXMLError, domainxml.writable_disks,
+                                  domainxml.parse(xml))
+        self.assertIn("network", str(error))
+
+    def test_unknown_format_is_refused(self):
+        xml = MASTER.replace("type='raw'", "type='vmdk'")
+        self.assertRaises(domainxml.DomainXMLError, domainxml.writable_disks,
+                          domainxml.parse(xml))
+
+
+class TestCloneXML(testtools.TestCase):
+    def setUp(self):
+        super().setUp()
+        self.root = ET.fromstring(domainxml.clone_xml(MASTER, IDENTITY, "/store/g/memory.img",
+                                                      256 << 20))
+
+    def test_identity(self):
+        self.assertIsNone(self.root.get("id"))
+        self.assertEqual("web-clone-1", self.root.findtext("name"))
+        self.assertEqual(IDENTITY.uuid, self.root.findtext("uuid"))
+        self.assertEqual(IDENTITY.genid, self.root.findtext("genid"))
+
+    def test_disk_becomes_overlay_without_stale_backing_chain(self):
+        disk, cdrom = self.root.findall("devices/disk")
+        self.assertEqual("/store/clones/3333/vda.qcow2", disk.find("source").get("file"))
+        self.assertEqual("qcow2", disk.find("driver").get("type"))
+        self.assertIsNone(disk.find("backingStore"))
+        self.assertEqual("/srv/config.iso", cdrom.find("source").get("file"))
+
+    def test_console_and_channel_paths_move_to_the_clone(self):
+        paths = [e.get("path") or e.get("file") for e in self.root.iter()
+                 if e.tag in ("source", "log") and (e.get("path") or e.get("file", "")
+                                                    .endswith(".log"))]
+        self.assertEqual(["/store/clones/3333/console.log", "/store/clones/3333/console.log",
+                          "/store/clones/3333/pty.log", "/store/clones/3333/agent.sock"],
+                         paths)
+
+    def test_ram_is_the_memory_image_mapped_privately(self):
+        args = [a.get("value") for a in
+                self.root.findall(f"{{{domainxml.QEMU_NS}}}commandline/{{{domainxml.QEMU_NS}}}arg")]
+        self.assertEqual(["-object",
+                          "memory-backend-file,id=clone-ram,mem-path=/store/g/memory.img,"
+                          "share=off,size=268435456",
+                          "-machine", "memory-backend=clone-ram"], args)
+
+    def test_nic_keeps_master_mac_until_swapped(self):
+        interface = domainxml.interfaces(self.root)[0]
+        self.assertEqual("52:54:00:00:00:01", interface.find("mac").get("address"))
+        replacement = ET.fromstring(domainxml.interface_with_mac(interface, "52:54:00:aa:bb:cc"))
+        self.assertEqual("52:54:00:aa:bb:cc", replacement.find("mac").get("address"))
+        self.assertIsNone(replacement.find("address"))
+        self.assertIsNone(replacement.find("alias"))
+        self.assertEqual("virtio", replacement.find("model").get("type"))
+
+    def test_random_macs_are_libvirt_style_and_differ(self):
+        macs = {domainxml.random_mac() for _ in range(50)}
+        self.assertGreater(len(macs), 45)
+        for mac in macs:
+            self.assertRegex(mac, r"^52:54:00(:[0-9a-f]{2}){3}$")

@@ -1,0 +1,79 @@
+import os
+
+import fixtures
+import testtools
+
+from nova_clonedriver.engine import store as store_mod
+
+
+def make_generation(store, generation_id="ab12" * 8):
+    workdir = store.new_generation_dir(generation_id)
+    generation = store_mod.Generation(
+        id=generation_id, source_domain="web", source_uuid="u", created_at="now",
+        memory_bytes=1 << 20, vcpus=1, machine_type="pc", main_block="pc.ram",
+        chunk_size_bytes=1 << 20, chunks=[None], device_stream_sha256="0",
+        disks=[], domain_xml="<domain/>", cookie_xml=None, pause_ms=1.0,
+        has_genid=True)
+    store.publish(generation, workdir)
+    return generation
+
+
+def make_ref(generation, clone_uuid):
+    return store_mod.CloneReference(
+        uuid=clone_uuid, name=f"c-{clone_uuid}", generation=generation.id,
+        directory="/nonexistent", created_at="now", overlays={}, mac_addresses=[])
+
+
+class TestSnapshotStore(testtools.TestCase):
+    def setUp(self):
+        super().setUp()
+        self.root = self.useFixture(fixtures.TempDir()).path
+        self.store = store_mod.SnapshotStore(self.root)
+
+    def test_published_generation_loads_by_id_or_prefix(self):
+        generation = make_generation(self.store)
+        self.assertEqual([generation.id], self.store.generation_ids())
+        loaded = self.store.load(generation.id[:6])
+        self.assertEqual(generation.to_json(), loaded.to_json())
+        self.assertEqual(generation.directory, loaded.directory)
+
+    def test_partial_generations_are_invisible(self):
+        self.store.new_generation_dir("cafe" * 8)
+        self.assertEqual([], self.store.generation_ids())
+        self.assertRaises(store_mod.GenerationNotFound, self.store.load, "cafe")
+
+    def test_unknown_empty_and_ambiguous_ids(self):
+        make_generation(self.store, "ab12" * 8)
+        make_generation(self.store, "ab34" * 8)
+        self.assertRaises(store_mod.GenerationNotFound, self.store.load, "ffff")
+        self.assertRaises(store_mod.GenerationNotFound, self.store.load, "")
+        error = self.assertRaises(store_mod.GenerationNotFound, self.store.load, "ab")
+        self.assertIn("ambiguous", str(error))
+
+    def test_damaged_metadata_is_reported(self):
+        generation = make_generation(self.store)
+        with open(os.path.join(generation.directory, store_mod.GENERATION_FILE), "w") as f:
+            f.write("{not json")
+        error = self.assertRaises(store_mod.GenerationNotFound, self.store.load, generation.id)
+        self.assertIn("damaged", str(error))
+
+    def test_references_count_and_survive_a_new_store_object(self):
+        generation = make_generation(self.store)
+        self.store.add_reference(generation, make_ref(generation, "1"))
+        self.store.add_reference(generation, make_ref(generation, "2"))
+        reopened = store_mod.SnapshotStore(self.root)
+        refs = reopened.references(reopened.load(generation.id))
+        self.assertEqual(["1", "2"], [r.uuid for r in refs])
+        reopened.drop_reference(generation, "1")
+        reopened.drop_reference(generation, "1")  # twice is harmless
+        self.assertEqual(["2"], [r.uuid for r in self.store.references(generation)])
+
+    def test_generation_with_references_cannot_be_removed(self):
+        generation = make_generation(self.store)
+        self.store.add_reference(generation, make_ref(generation, "1"))
+        self.assertRaises(store_mod.GenerationInUse, self.store.remove_generation, generation)
+        self.assertTrue(os.path.isdir(generation.directory))
+        self.store.drop_reference(generation, "1")
+        self.store.remove_generation(generation)
+        self.assertFalse(os.path.exists(generation.directory))
+        self.assertEqual([], os.listdir(self.store.generations_dir))
