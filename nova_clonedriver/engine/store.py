@@ -171,7 +171,9 @@ class SnapshotStore:
         shutil.rmtree(doomed)
 
     def clone_dir(self, clone_uuid: str) -> str:
-        return os.path.join(self.clones_dir, clone_uuid)
+        # Short: unix socket paths of consoles and channels live in it, and
+        # those may not exceed 107 bytes.
+        return os.path.join(self.clones_dir, clone_uuid.replace("-", "")[:16])
 
     def _reference_path(self, generation: Generation, clone_uuid: str) -> str:
         return os.path.join(generation.directory, REFERENCES_DIR, f"{clone_uuid}.json")

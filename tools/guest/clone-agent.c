@@ -45,6 +45,8 @@
 #define PAGE_SIZE_BYTES 4096UL
 #define LINE_MAX_BYTES 512
 #define MAX_NICS 16
+#define REPLY_TRIES 20
+#define REPLY_WAIT_MS 100
 
 static uint64_t heartbeat;
 static uint64_t *pattern;
@@ -100,9 +102,20 @@ static void reply(int fd, const char *id, const char *fmt, ...)
     va_end(ap);
     out[n++] = '}';
     out[n++] = '\n';
-    /* A port whose host side is not connected refuses writes: drop them. */
-    if (write(fd, out, n) < 0 && errno != EPIPE && errno != EAGAIN)
-        perror("clone-agent: reply");
+    /* The guest learns that a host connected a moment after the host's first
+     * bytes arrive; until then the port refuses writes (EAGAIN). Wait a
+     * little for it, then give up on a host that really is gone. */
+    for (int tries = 0; tries < REPLY_TRIES; tries++) {
+        if (write(fd, out, n) >= 0)
+            return;
+        if (errno != EAGAIN && errno != EPIPE) {
+            perror("clone-agent: reply");
+            return;
+        }
+        struct pollfd pfd = {.fd = fd, .events = POLLOUT};
+        if (poll(&pfd, 1, REPLY_WAIT_MS) == 0 || (pfd.revents & POLLHUP))
+            usleep(REPLY_WAIT_MS * 1000);
+    }
 }
 
 static int do_fill(size_t mib, uint64_t seed)

@@ -1,0 +1,73 @@
+"""Shared set-up of the functional tests: real libvirt, real QEMU guests."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+
+import libvirt
+import testtools
+
+from nova_clonedriver.engine import api
+from nova_clonedriver.guest import agent as agent_mod
+from nova_clonedriver.guest import testguest
+
+# QEMU's user must reach the store, so not a mktemp folder under /tmp's 0700.
+TEST_ROOT = "/var/tmp/ncd-tests"
+LIBVIRT_URI = "qemu:///system"
+MASTER_MEMORY_MIB = 256
+PATTERN_SEED = 4242
+
+
+class LibvirtTestCase(testtools.TestCase):
+    """One state dir and domain-name prefix per test class; every domain with
+    that prefix is destroyed and the state dir removed afterwards."""
+
+    conn: libvirt.virConnect
+    state_dir: str
+    prefix: str
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        super().setUpClass()
+        os.makedirs(TEST_ROOT, mode=0o711, exist_ok=True)
+        os.chmod(TEST_ROOT, 0o711)
+        cls.conn = libvirt.open(LIBVIRT_URI)
+        cls.state_dir = tempfile.mkdtemp(prefix=cls.__name__[:12] + "-", dir=TEST_ROOT)
+        os.chmod(cls.state_dir, 0o711)
+        cls.prefix = f"t{uuid.uuid4().hex[:6]}"
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        for domain in cls.conn.listAllDomains():
+            if domain.name().startswith(cls.prefix):
+                try:
+                    domain.destroy()
+                except libvirt.libvirtError:
+                    pass
+        shutil.rmtree(cls.state_dir, ignore_errors=True)
+        cls.conn.close()
+        super().tearDownClass()
+
+    @classmethod
+    def boot_master(cls, name: str, memory_mib: int = MASTER_MEMORY_MIB
+                    ) -> tuple[libvirt.virDomain, agent_mod.AgentClient, str]:
+        workdir = os.path.join(cls.state_dir, name)
+        domain, client = testguest.boot(cls.conn, f"{cls.prefix}-{name}", memory_mib,
+                                        workdir)
+        return domain, client, workdir
+
+    def domain_names(self) -> set[str]:
+        return {d.name() for d in self.conn.listAllDomains()
+                if d.name().startswith(self.prefix)}
+
+
+def clone_agent(engine: api.CloneEngine, clone_uuid: str) -> agent_mod.AgentClient:
+    directory = engine.store.clone_dir(clone_uuid)
+    return agent_mod.AgentClient(os.path.join(directory, testguest.AGENT_SOCKET))
+
+
+def clone_console(engine: api.CloneEngine, clone_uuid: str) -> str:
+    return os.path.join(engine.store.clone_dir(clone_uuid), testguest.CONSOLE_LOG)
