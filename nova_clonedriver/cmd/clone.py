@@ -68,6 +68,7 @@ def _load_config(args: argparse.Namespace) -> None:
     logging.register_options(CONF)
     CONF([], project="nova", default_config_files=files)
     CONF.set_override("debug", args.debug)
+    CONF.set_override("use_stderr", True)  # stdout is for results (--json)
     logging.setup(CONF, "nova-clone")
     if args.state_dir:
         CONF.set_override("state_dir", os.path.abspath(args.state_dir), group="clone")

@@ -1,0 +1,28 @@
+"""The README's main command, end to end (a small run of it)."""
+
+import json
+import os
+import subprocess
+import sys
+
+from tests.functional import base
+
+
+class TestDemo(base.LibvirtTestCase):
+    def test_demo_clones_check_out(self):
+        result = subprocess.run(
+            [os.path.join(os.path.dirname(sys.executable), "nova-clone"),
+             "--state-dir", self.state_dir, "demo", "--clones", "2", "--json"],
+            capture_output=True, text=True)
+        self.assertEqual(0, result.returncode, result.stderr[-3000:])
+        report = json.loads(result.stdout)
+        self.assertEqual(2, report["clones_requested"])
+        self.assertEqual(2, report["clones_ok"], report["problems"])
+        self.assertEqual(2, len(report["clone_start_ms"]))
+        self.assertGreater(report["bless_pause_ms"], 0)
+        self.assertEqual(512, report["guest_memory_mib_total"])
+        self.assertGreater(report["host_memory_mib_used"], 0)
+        self.assertGreater(report["eager_restore_ms"], 0)
+        # The demo cleans up after itself.
+        self.assertEqual([], os.listdir(os.path.join(self.state_dir, "clones")))
+        self.assertEqual([], os.listdir(os.path.join(self.state_dir, "generations")))

@@ -1,0 +1,140 @@
+"""Lifecycle and failure handling of generations and clones, on real VMs."""
+
+import json
+import os
+import subprocess
+import sys
+
+from nova_clonedriver.engine import api
+from nova_clonedriver.engine import memimage
+from tests.functional import base
+
+
+class TestLifecycleAndFailures(base.LibvirtTestCase):
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.engine = api.CloneEngine(cls.conn, cls.state_dir)
+        cls.master, cls.agent, _ = cls.boot_master("life")
+        cls.agent.request("fill", 32, base.PATTERN_SEED)
+        cls.agent.close()
+
+    def setUp(self):
+        super().setUp()
+        self.domains_before = self.domain_names()
+
+    def _bless(self):
+        generation = self.engine.bless(self.master.name())
+        self.addCleanup(self._discard, generation.id)
+        return generation
+
+    def _discard(self, generation_id):
+        if generation_id in self.engine.store.generation_ids():
+            for ref in self.engine.clones(self.engine.store.load(generation_id)):
+                self.engine.destroy_clone(ref.uuid)
+            self.engine.discard(generation_id)
+
+    def assertNothingCreated(self, generation=None):
+        self.assertEqual(self.domains_before, self.domain_names())
+        self.assertEqual([], os.listdir(self.engine.store.clones_dir))
+        if generation is not None:
+            self.assertEqual([], self.engine.store.references(generation))
+
+    def test_unknown_snapshot(self):
+        error = self.assertRaises(api.GenerationNotFound, self.engine.launch, "0bad", 2)
+        self.assertIn("no snapshot generation '0bad'", str(error))
+        self.assertNothingCreated()
+
+    def test_bad_clone_count(self):
+        generation = self._bless()
+        self.assertRaises(api.LaunchError, self.engine.launch, generation.id, 0)
+        self.assertNothingCreated(generation)
+
+    def test_damaged_memory_chunk(self):
+        generation = self._bless()
+        chunk = next(i for i, c in enumerate(generation.chunks) if c)
+        with open(generation.memory_image, "r+b") as image:
+            image.seek(chunk * memimage.CHUNK_SIZE_BYTES + 100)
+            image.write(b"corrupt")
+        error = self.assertRaises(api.LaunchError, self.engine.launch, generation.id, 2)
+        self.assertIn(f"fail their checksum (first: chunk {chunk})", str(error))
+        self.assertNothingCreated(generation)
+
+    def test_missing_device_state(self):
+        generation = self._bless()
+        os.unlink(generation.device_stream)
+        error = self.assertRaises(api.LaunchError, self.engine.launch, generation.id)
+        self.assertIn("device.stream is missing", str(error))
+        self.assertNothingCreated(generation)
+
+    def test_clone_that_fails_to_start_leaves_nothing_behind(self):
+        generation = self._bless()
+        st = os.stat(generation.memory_image)
+        os.chown(generation.memory_image, 0, 0)  # QEMU's user cannot open it
+        try:
+            error = self.assertRaises(api.LaunchError, self.engine.launch,
+                                      generation.id, 2)
+        finally:
+            os.chown(generation.memory_image, st.st_uid, st.st_gid)
+        self.assertIn("2 of 2 clones failed to start", str(error))
+        self.assertNothingCreated(generation)
+        [clone] = self.engine.launch(generation.id)  # the generation itself is fine
+        self.engine.destroy_clone(clone.name)
+        self.assertNothingCreated(generation)
+
+    def test_bless_refuses_unknown_and_paused_domains(self):
+        self.assertRaises(api.BlessError, self.engine.bless, f"{self.prefix}-nope")
+        self.master.suspend()
+        try:
+            error = self.assertRaises(api.BlessError, self.engine.bless, self.master.name())
+            self.assertIn("is not running", str(error))
+            self.assertEqual(3, self.master.state()[0])  # still paused, untouched
+        finally:
+            self.master.resume()
+        self.assertEqual([], os.listdir(self.engine.store.generations_dir))
+
+    def test_discard_waits_for_clones_and_destroy_frees_them(self):
+        generation = self._bless()
+        first, second = self.engine.launch(generation.id, 2)
+        error = self.assertRaises(api.GenerationInUse, self.engine.discard, generation.id)
+        self.assertIn("2 clone(s)", str(error))
+        self.engine.destroy_clone(first.name)
+        self.assertNotIn(first.name, self.domain_names())
+        self.assertFalse(os.path.exists(self.engine.store.clone_dir(first.uuid)))
+        self.assertEqual([second.uuid],
+                         [r.uuid for r in self.engine.store.references(generation)])
+        # Destroyed behind the engine's back: the next look frees its files.
+        self.conn.lookupByUUIDString(second.uuid).destroy()
+        self.assertEqual([], self.engine.clones(generation))
+        self.assertFalse(os.path.exists(self.engine.store.clone_dir(second.uuid)))
+        self.engine.discard(generation.id)
+        self.assertFalse(os.path.exists(generation.directory))
+        self.assertRaises(api.CloneNotFound, self.engine.destroy_clone, first.name)
+
+    def test_cli(self):
+        def nova_clone(*args, check=True):
+            result = subprocess.run(
+                [os.path.join(os.path.dirname(sys.executable), "nova-clone"),
+                 "--state-dir", self.state_dir] + list(args),
+                capture_output=True, text=True)
+            if check:
+                self.assertEqual(0, result.returncode, result.stderr)
+            return result
+
+        blessed = json.loads(nova_clone("bless", self.master.name(), "--json").stdout)
+        self.addCleanup(self._discard, blessed["id"])
+        self.assertGreater(blessed["pause_ms"], 0)
+        [clone] = json.loads(nova_clone("launch", blessed["id"][:8], "--json").stdout)
+        self.assertIn(clone["name"], self.domain_names())
+        [stats] = [s for s in json.loads(nova_clone("stats", "--json").stdout)
+                   if s["generation"] == blessed["id"]]
+        self.assertEqual([clone["name"]], [c["name"] for c in stats["clones"]])
+        refused = nova_clone("discard", blessed["id"], check=False)
+        self.assertEqual(2, refused.returncode)
+        self.assertIn("still has 1 clone(s)", refused.stderr)
+        nova_clone("destroy", clone["name"])
+        nova_clone("discard", blessed["id"])
+        missing = nova_clone("launch", blessed["id"], check=False)
+        self.assertEqual(2, missing.returncode)
+        self.assertIn("error: no snapshot generation", missing.stderr)
+        self.assertNothingCreated()
