@@ -10,19 +10,19 @@ restore of a full save of the same master.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
 import statistics
 import tempfile
 import time
-import uuid
 from typing import Any
+import uuid
 
 import libvirt
 
-from nova_clonedriver.engine import api
-from nova_clonedriver.engine import hostmem
+from nova_clonedriver.engine import api, hostmem
 from nova_clonedriver.guest import agent as agent_mod
 from nova_clonedriver.guest import testguest
 
@@ -162,17 +162,15 @@ def _eager_restore_ms(conn: libvirt.virConnect, master: libvirt.virDomain,
 
 
 def _destroy(conn: libvirt.virConnect, name: str) -> None:
-    try:
+    with contextlib.suppress(libvirt.libvirtError):
         conn.lookupByName(name).destroy()
-    except libvirt.libvirtError:
-        pass
 
 
 def format_table(result: dict[str, Any]) -> str:
     lines = [f"clones ok: {result['clones_ok']} of {result['clones_requested']}",
              f"bless pause: {result['bless_pause_ms']:.1f} ms",
              "clone start (running / NIC swapped), ms:"]
-    for start, ready in zip(result["clone_start_ms"], result["clone_ready_ms"]):
+    for start, ready in zip(result["clone_start_ms"], result["clone_ready_ms"], strict=True):
         lines.append(f"  {start:8.0f} / {ready:8.0f}")
     lines.append(f"median clone start: {result['clone_start_median_ms']:.0f} ms")
     if "eager_restore_ms" in result:

@@ -20,16 +20,12 @@ import shutil
 import subprocess
 import threading
 import time
-import uuid
 from typing import BinaryIO
+import uuid
 
 import libvirt
 
-from nova_clonedriver.engine import domainxml
-from nova_clonedriver.engine import hostinfo
-from nova_clonedriver.engine import memimage
-from nova_clonedriver.engine import migstream
-from nova_clonedriver.engine import qmp
+from nova_clonedriver.engine import domainxml, hostinfo, memimage, migstream, qmp
 from nova_clonedriver.engine import store as store_mod
 
 LOG = logging.getLogger(__name__)
@@ -134,21 +130,22 @@ def _migrate(domain: libvirt.virDomain, image: memimage.MemoryImageWriter,
              downtime_limit_ms: int, timeout_s: float) -> tuple[_StreamReader, float]:
     saved = qmp.command(domain, "query-migrate-parameters")
     read_fd, write_fd = os.pipe()
-    device_out = open(device_path, "wb")
+    device_out = open(device_path, "wb")  # noqa: SIM115 (the reader closes it)
     splitter = migstream.StreamSplitter(
         image, device_out, domainxml.CLONE_RAM_BACKEND_ID.encode())
     reader = _StreamReader(os.fdopen(read_fd, "rb", buffering=_PIPE_BUFFER_BYTES),
                            splitter, device_out)
+    reader.start()  # reads until every writer of the pipe has closed it
     fdname = f"clone-bless-{generation_id[:8]}"
     try:
         qmp.command(domain, "migrate-set-capabilities", capabilities=[
             {"capability": "pause-before-switchover", "state": True}])
         qmp.command(domain, "migrate-set-parameters", **{
             "downtime-limit": downtime_limit_ms, "max-bandwidth": 1 << 40})
-        qmp.command(domain, "getfd", files=[write_fd], fdname=fdname)
-        os.close(write_fd)
-        write_fd = -1
-        reader.start()
+        try:
+            qmp.command(domain, "getfd", files=[write_fd], fdname=fdname)
+        finally:
+            os.close(write_fd)  # QEMU holds its own copy now
         qmp.command(domain, "migrate", uri=f"fd:{fdname}")
         deadline = time.monotonic() + timeout_s
         _wait_for(domain, ("pre-switchover",), deadline)
@@ -159,10 +156,8 @@ def _migrate(domain: libvirt.virDomain, image: memimage.MemoryImageWriter,
         domain.resume()
         pause_ms = info.get("downtime", 0) + (time.monotonic() - completed_at) * 1000
     except BaseException as exc:
-        _abort(domain)
-        if write_fd >= 0:
-            os.close(write_fd)
-        reader.join(timeout=30)
+        _abort(domain, fdname)
+        reader.join()
         raise BlessError(f"bless of {domain.name()} failed: {exc}") from exc
     finally:
         _restore_settings(domain, saved)
@@ -209,11 +204,13 @@ def master_overlay_path(disk: domainxml.DiskInfo, generation_id: str) -> str:
     return f"{disk.path}.live-{generation_id[:8]}"
 
 
-def _abort(domain: libvirt.virDomain) -> None:
-    try:
-        qmp.command(domain, "migrate_cancel")
-    except qmp.QMPError:
-        LOG.exception("Could not cancel the bless migration of %s", domain.name())
+def _abort(domain: libvirt.virDomain, fdname: str) -> None:
+    """Cancel the migration (QEMU then closes the pipe) and let the master run."""
+    for command, arguments in (("migrate_cancel", {}), ("closefd", {"fdname": fdname})):
+        try:
+            qmp.command(domain, command, **arguments)
+        except qmp.QMPError as exc:
+            LOG.debug("%s during bless abort: %s", command, exc)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         status = qmp.command(domain, "query-migrate").get("status")

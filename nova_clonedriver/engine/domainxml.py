@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import random
-import uuid
 import xml.etree.ElementTree as ET
 
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
@@ -83,7 +82,7 @@ def has_genid(root: ET.Element) -> bool:
 
 def random_mac() -> str:
     """A locally administered MAC in the range libvirt itself uses."""
-    return "52:54:00:%02x:%02x:%02x" % tuple(random.randbytes(3))
+    return "52:54:00:{:02x}:{:02x}:{:02x}".format(*tuple(random.randbytes(3)))
 
 
 @dataclasses.dataclass(frozen=True)

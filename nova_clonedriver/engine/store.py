@@ -9,6 +9,7 @@ removed after it is gone. The reference count is the number of those files.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -147,10 +148,8 @@ class SnapshotStore:
                           dataclasses.asdict(ref))
 
     def drop_reference(self, generation: Generation, clone_uuid: str) -> None:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(self._reference_path(generation, clone_uuid))
-        except FileNotFoundError:
-            pass
 
     def references(self, generation: Generation) -> list[CloneReference]:
         directory = os.path.join(generation.directory, REFERENCES_DIR)

@@ -46,7 +46,7 @@ class AgentClient:
                 sock.settimeout(max(0.01, deadline - time.monotonic()))
                 try:
                     data = sock.recv(65536)
-                except socket.timeout as exc:
+                except TimeoutError as exc:
                     raise AgentError(f"no reply to {command!r} in {self.timeout_s} s") from exc
                 if not data:
                     raise AgentError("agent channel closed")

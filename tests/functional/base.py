@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -43,10 +44,8 @@ class LibvirtTestCase(testtools.TestCase):
     def tearDownClass(cls) -> None:
         for domain in cls.conn.listAllDomains():
             if domain.name().startswith(cls.prefix):
-                try:
+                with contextlib.suppress(libvirt.libvirtError):
                     domain.destroy()
-                except libvirt.libvirtError:
-                    pass
         shutil.rmtree(cls.state_dir, ignore_errors=True)
         cls.conn.close()
         super().tearDownClass()

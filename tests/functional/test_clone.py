@@ -6,8 +6,7 @@ import subprocess
 import sys
 import xml.etree.ElementTree as ET
 
-from nova_clonedriver.engine import api
-from nova_clonedriver.engine import hostmem
+from nova_clonedriver.engine import api, hostmem
 from nova_clonedriver.guest import agent as agent_mod
 from nova_clonedriver.guest import testguest
 from tests.functional import base
@@ -43,7 +42,7 @@ class TestBlessAndLaunch(base.LibvirtTestCase):
 
     @classmethod
     def tearDownClass(cls):
-        for client in list(cls.agents.values()) + [cls.agent]:
+        for client in [*list(cls.agents.values()), cls.agent]:
             client.close()
         super().tearDownClass()
 

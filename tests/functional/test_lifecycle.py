@@ -5,8 +5,7 @@ import os
 import subprocess
 import sys
 
-from nova_clonedriver.engine import api
-from nova_clonedriver.engine import memimage
+from nova_clonedriver.engine import api, memimage
 from tests.functional import base
 
 
@@ -93,6 +92,18 @@ class TestLifecycleAndFailures(base.LibvirtTestCase):
             self.master.resume()
         self.assertEqual([], os.listdir(self.engine.store.generations_dir))
 
+    def test_bless_that_fails_midway_leaves_the_master_as_it_was(self):
+        impatient = api.CloneEngine(self.conn, self.state_dir, bless_timeout_s=0.001)
+        disk_before = self.master.XMLDesc(0).count(".live-")
+        error = self.assertRaises(api.BlessError, impatient.bless, self.master.name())
+        self.assertIn("did not reach pre-switchover in time", str(error))
+        self.assertEqual(1, self.master.state()[0])  # running
+        self.assertEqual(disk_before, self.master.XMLDesc(0).count(".live-"))
+        self.assertEqual([], os.listdir(self.engine.store.generations_dir))
+        params = qmp.command(self.master, "query-migrate-parameters")
+        self.assertEqual(300, params["downtime-limit"])  # QEMU's default, restored
+        self._bless()  # and a bless after it works
+
     def test_discard_waits_for_clones_and_destroy_frees_them(self):
         generation = self._bless()
         first, second = self.engine.launch(generation.id, 2)
@@ -115,7 +126,7 @@ class TestLifecycleAndFailures(base.LibvirtTestCase):
         def nova_clone(*args, check=True):
             result = subprocess.run(
                 [os.path.join(os.path.dirname(sys.executable), "nova-clone"),
-                 "--state-dir", self.state_dir] + list(args),
+                 "--state-dir", self.state_dir, *args],
                 capture_output=True, text=True)
             if check:
                 self.assertEqual(0, result.returncode, result.stderr)

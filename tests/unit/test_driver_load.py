@@ -2,11 +2,11 @@
 
 import os
 
-import testtools
 from nova import conf as nova_conf
 from nova.virt import driver as virt_driver
 from nova.virt.libvirt import driver as libvirt_driver
 from oslo_config import fixture as config_fixture
+import testtools
 
 CONF = nova_conf.CONF
 
