@@ -22,7 +22,8 @@ import uuid
 
 import libvirt
 
-from nova_clonedriver.engine import api, hostmem
+from nova_clonedriver.engine import api
+from nova_clonedriver.engine import hostmem
 from nova_clonedriver.guest import agent as agent_mod
 from nova_clonedriver.guest import testguest
 

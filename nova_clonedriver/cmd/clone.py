@@ -12,7 +12,8 @@ import libvirt
 from oslo_config import cfg
 from oslo_log import log as logging
 
-from nova_clonedriver import conf, demo
+from nova_clonedriver import conf
+from nova_clonedriver import demo
 from nova_clonedriver.engine import api
 
 CONF = conf.CONF

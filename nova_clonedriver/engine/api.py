@@ -11,8 +11,9 @@ from typing import Any
 import libvirt
 
 from nova_clonedriver.engine import bless as bless_mod
-from nova_clonedriver.engine import hostmem, memimage
+from nova_clonedriver.engine import hostmem
 from nova_clonedriver.engine import launch as launch_mod
+from nova_clonedriver.engine import memimage
 from nova_clonedriver.engine import store as store_mod
 
 LOG = logging.getLogger(__name__)

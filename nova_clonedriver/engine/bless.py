@@ -25,7 +25,11 @@ import uuid
 
 import libvirt
 
-from nova_clonedriver.engine import domainxml, hostinfo, memimage, migstream, qmp
+from nova_clonedriver.engine import domainxml
+from nova_clonedriver.engine import hostinfo
+from nova_clonedriver.engine import memimage
+from nova_clonedriver.engine import migstream
+from nova_clonedriver.engine import qmp
 from nova_clonedriver.engine import store as store_mod
 
 LOG = logging.getLogger(__name__)

@@ -24,7 +24,9 @@ import uuid
 
 import libvirt
 
-from nova_clonedriver.engine import domainxml, memimage, savefile
+from nova_clonedriver.engine import domainxml
+from nova_clonedriver.engine import memimage
+from nova_clonedriver.engine import savefile
 from nova_clonedriver.engine import store as store_mod
 
 LOG = logging.getLogger(__name__)

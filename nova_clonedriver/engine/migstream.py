@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import io
 import struct
-from typing import BinaryIO, Protocol
+from typing import BinaryIO
+from typing import Protocol
 
 QEMU_VM_FILE_MAGIC = b"QEVM"
 QEMU_VM_FILE_VERSION = 3

@@ -5,7 +5,9 @@ import os
 import subprocess
 import sys
 
-from nova_clonedriver.engine import api, memimage
+from nova_clonedriver.engine import api
+from nova_clonedriver.engine import memimage
+from nova_clonedriver.engine import qmp
 from tests.functional import base
 
 
