@@ -50,7 +50,7 @@ class Clone:
     generation: str
     mac_addresses: list[str]
     restore_ms: float  # launch call to the clone's guest running
-    ready_ms: float  # ... and to its NICs carrying the clone's MACs
+    ready_ms: float  # ... and to its new NICs plugged (old ones leave when the guest acks)
 
 
 def launch(conn: libvirt.virConnect, store: store_mod.SnapshotStore,
@@ -165,15 +165,20 @@ def _create_overlay(base: str, base_format: str, overlay: str) -> None:
 
 
 def _swap_nics(domain: libvirt.virDomain) -> list[str]:
-    """Replace each NIC by one with a new MAC; return the new MACs."""
+    """Replace each NIC by one with a new MAC; return the new MACs.
+
+    The unplug is asynchronous (the guest acknowledges it a moment later),
+    so the new NIC is plugged without waiting for the old one to go."""
     macs = []
     live = domainxml.parse(domain.XMLDesc(0))
     for interface in domainxml.interfaces(live):
+        alias = interface.find("alias")
+        if alias is None:
+            raise LaunchError(f"NIC {domainxml.to_string(interface)!r} has no alias")
         mac = domainxml.random_mac()
-        replacement = domainxml.interface_with_mac(interface, mac)
-        domain.detachDeviceFlags(domainxml.to_string(interface),
+        domain.detachDeviceAlias(alias.get("name"), libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        domain.attachDeviceFlags(domainxml.interface_with_mac(interface, mac),
                                  libvirt.VIR_DOMAIN_AFFECT_LIVE)
-        domain.attachDeviceFlags(replacement, libvirt.VIR_DOMAIN_AFFECT_LIVE)
         macs.append(mac)
     return macs
 
