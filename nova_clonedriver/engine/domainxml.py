@@ -94,10 +94,14 @@ class CloneIdentity:
     overlays: dict[str, str]  # disk target -> overlay path
 
 
-def clone_xml(master_xml: str, identity: CloneIdentity, memory_image: str,
+def clone_xml(master_xml: str, identity: CloneIdentity, memory_image: str | None,
               size_bytes: int) -> str:
     """The restore XML of one clone (its NICs still carry the master's MACs:
-    the device state does too; launch swaps them once the clone runs)."""
+    the device state does too; launch swaps them once the clone runs).
+
+    Without ``memory_image`` the clone keeps libvirt's anonymous RAM and
+    must be restored from a full stream: an eager copy (the benchmarks'
+    baseline)."""
     root = parse(master_xml)
     root.attrib.pop("id", None)
     root.find("name").text = identity.name  # type: ignore[union-attr]
@@ -121,7 +125,8 @@ def clone_xml(master_xml: str, identity: CloneIdentity, memory_image: str,
                         source.set("path", _moved(source.get("path", ""), identity))
             for log in device.findall("log"):
                 log.set("file", _moved(log.get("file", ""), identity))
-    _add_memory_backend(root, memory_image, size_bytes)
+    if memory_image is not None:
+        _add_memory_backend(root, memory_image, size_bytes)
     return to_string(root)
 
 

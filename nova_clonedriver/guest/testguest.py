@@ -18,7 +18,6 @@ from nova_clonedriver.guest import agent as agent_mod
 
 CONSOLE_LOG = "console.log"
 AGENT_SOCKET = "agent.sock"
-DISK = "disk.qcow2"
 DISK_SIZE_MIB = 64
 
 
@@ -33,8 +32,8 @@ def guest_dir_default() -> str:
     return os.path.join(os.getcwd(), "build", "guest")
 
 
-def domain_xml(name: str, memory_mib: int, workdir: str, vcpus: int = 1,
-               mac: str = "52:54:00:c1:00:01") -> str:
+def domain_xml(name: str, memory_mib: int, workdir: str, disk_format: str = "qcow2",
+               vcpus: int = 1, mac: str = "52:54:00:c1:00:01") -> str:
     kernel = os.path.join(workdir, "vmlinuz")
     initrd = os.path.join(workdir, "initrd.img")
     w = escape(workdir)
@@ -52,8 +51,8 @@ def domain_xml(name: str, memory_mib: int, workdir: str, vcpus: int = 1,
   <features><acpi/></features>
   <devices>
     <disk type='file' device='disk'>
-      <driver name='qemu' type='qcow2'/>
-      <source file='{w}/{DISK}'/>
+      <driver name='qemu' type='{disk_format}'/>
+      <source file='{w}/disk.{disk_format}'/>
       <target dev='vda' bus='virtio'/>
     </disk>
     <interface type='user'>
@@ -74,14 +73,16 @@ def domain_xml(name: str, memory_mib: int, workdir: str, vcpus: int = 1,
 
 
 def boot(conn: libvirt.virConnect, name: str, memory_mib: int, workdir: str,
-         guest_dir: str | None = None) -> tuple[libvirt.virDomain, agent_mod.AgentClient]:
+         guest_dir: str | None = None, disk_format: str = "qcow2"
+         ) -> tuple[libvirt.virDomain, agent_mod.AgentClient]:
     """Start a transient test guest and wait for its agent."""
     os.makedirs(workdir, exist_ok=True)
     os.chmod(workdir, 0o711)
     _copy_boot_files(guest_dir or guest_dir_default(), workdir)
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2",
-                    os.path.join(workdir, DISK), f"{DISK_SIZE_MIB}M"], check=True)
-    domain = conn.createXML(domain_xml(name, memory_mib, workdir), 0)
+    subprocess.run(["qemu-img", "create", "-q", "-f", disk_format,
+                    os.path.join(workdir, f"disk.{disk_format}"), f"{DISK_SIZE_MIB}M"],
+                   check=True)
+    domain = conn.createXML(domain_xml(name, memory_mib, workdir, disk_format), 0)
     client = agent_mod.AgentClient(os.path.join(workdir, AGENT_SOCKET))
     try:
         client.wait_ready()

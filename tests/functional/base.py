@@ -51,11 +51,12 @@ class LibvirtTestCase(testtools.TestCase):
         super().tearDownClass()
 
     @classmethod
-    def boot_master(cls, name: str, memory_mib: int = MASTER_MEMORY_MIB
+    def boot_master(cls, name: str, memory_mib: int = MASTER_MEMORY_MIB,
+                    disk_format: str = "qcow2"
                     ) -> tuple[libvirt.virDomain, agent_mod.AgentClient, str]:
         workdir = os.path.join(cls.state_dir, name)
         domain, client = testguest.boot(cls.conn, f"{cls.prefix}-{name}", memory_mib,
-                                        workdir)
+                                        workdir, disk_format=disk_format)
         return domain, client, workdir
 
     def domain_names(self) -> set[str]:

@@ -16,13 +16,17 @@ class TestLifecycleAndFailures(base.LibvirtTestCase):
     def setUpClass(cls):
         super().setUpClass()
         cls.engine = api.CloneEngine(cls.conn, cls.state_dir)
-        cls.master, cls.agent, _ = cls.boot_master("life")
+        # A raw disk here (the other classes use qcow2): both must freeze.
+        cls.master, cls.agent, _ = cls.boot_master("life", disk_format="raw")
         cls.agent.request("fill", 32, base.PATTERN_SEED)
         cls.agent.close()
+        # The first bless freezes the raw image; later ones a qcow2 overlay.
+        cls.raw_generation = cls.engine.bless(cls.master.name())
 
     def setUp(self):
         super().setUp()
         self.domains_before = self.domain_names()
+        self.generations_before = os.listdir(self.engine.store.generations_dir)
 
     def _bless(self):
         generation = self.engine.bless(self.master.name())
@@ -45,6 +49,21 @@ class TestLifecycleAndFailures(base.LibvirtTestCase):
         error = self.assertRaises(api.GenerationNotFound, self.engine.launch, "0bad", 2)
         self.assertIn("no snapshot generation '0bad'", str(error))
         self.assertNothingCreated()
+
+    def test_master_with_a_raw_disk(self):
+        self.assertEqual([{"target": "vda", "format": "raw", "base": "disks/vda.raw"}],
+                         self.raw_generation.disks)
+        [clone] = self.engine.launch(self.raw_generation.id)
+        client = base.clone_agent(self.engine, clone.uuid)
+        self.addCleanup(client.close)
+        try:
+            ready = client.wait_ready(timeout_s=60)
+        except Exception:
+            with open(base.clone_console(self.engine, clone.uuid)) as console:
+                self.fail(f"clone agent silent; console:\n{console.read()[-2000:]}")
+        self.assertEqual(32, ready["pattern_mib"])
+        self.engine.destroy_clone(clone.name)
+        self.assertNothingCreated(self.raw_generation)
 
     def test_bad_clone_count(self):
         generation = self._bless()
@@ -92,7 +111,7 @@ class TestLifecycleAndFailures(base.LibvirtTestCase):
             self.assertEqual(3, self.master.state()[0])  # still paused, untouched
         finally:
             self.master.resume()
-        self.assertEqual([], os.listdir(self.engine.store.generations_dir))
+        self.assertEqual(self.generations_before, os.listdir(self.engine.store.generations_dir))
 
     def test_bless_that_fails_midway_leaves_the_master_as_it_was(self):
         impatient = api.CloneEngine(self.conn, self.state_dir, bless_timeout_s=0.001)
@@ -101,7 +120,7 @@ class TestLifecycleAndFailures(base.LibvirtTestCase):
         self.assertIn("did not reach pre-switchover in time", str(error))
         self.assertEqual(1, self.master.state()[0])  # running
         self.assertEqual(disk_before, self.master.XMLDesc(0).count(".live-"))
-        self.assertEqual([], os.listdir(self.engine.store.generations_dir))
+        self.assertEqual(self.generations_before, os.listdir(self.engine.store.generations_dir))
         params = qmp.command(self.master, "query-migrate-parameters")
         self.assertEqual(300, params["downtime-limit"])  # QEMU's default, restored
         self._bless()  # and a bless after it works
