@@ -1,0 +1,69 @@
+"""python -m benchmarks run <scenario> [options] | report"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shlex
+import sys
+
+from benchmarks import common
+from benchmarks import report
+from benchmarks import scenarios
+
+RESULTS_DIR = os.path.join(os.path.dirname(__file__), "results")
+RECORDED_DIR = report.RECORDED_DIR
+
+
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",")]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run one scenario")
+    run.add_argument("scenario", choices=["start", "burst", "divergence", "pause"])
+    run.add_argument("--memory-mb", type=int, default=256)
+    run.add_argument("--repeat", type=int, default=5, help="start, pause: rounds")
+    run.add_argument("--counts", type=_ints, default=[1, 4, 16], help="burst: N list")
+    run.add_argument("--no-ksm", action="store_true", help="burst: skip the KSM baseline")
+    run.add_argument("--clones", type=int, default=4, help="divergence: clones")
+    run.add_argument("--percents", type=_ints, default=[1, 10, 50], help="divergence")
+    run.add_argument("--sizes", type=_ints, default=[256, 1024], help="pause: MiB list")
+    run.add_argument("--record", action="store_true",
+                     help="also keep the result for the docs (doc/source/benchmarks)")
+    run.add_argument("--json", action="store_true", help="print the result as JSON")
+    sub.add_parser("report", help="rewrite doc/source/benchmarks.rst from recorded results")
+    args = parser.parse_args(argv)
+
+    if args.command == "report":
+        report.write()
+        return 0
+    started = datetime.datetime.now(datetime.timezone.utc)
+    if args.scenario == "start":
+        data = scenarios.start_latency(args.memory_mb, args.repeat)
+    elif args.scenario == "burst":
+        data = scenarios.burst_density(args.memory_mb, args.counts, not args.no_ksm)
+    elif args.scenario == "divergence":
+        data = scenarios.divergence(args.memory_mb, args.clones, args.percents)
+    else:
+        data = scenarios.bless_pause(args.sizes, args.repeat)
+    result = {"scenario": args.scenario, "memory_mib": args.memory_mb,
+              "command": "python -m benchmarks " + shlex.join(sys.argv[1:] if argv is None
+                                                               else argv),
+              "started_at": started.isoformat(timespec="seconds"),
+              "machine": common.machine(), "result": data}
+    name = f"{args.scenario}-{args.memory_mb}.json"
+    for directory in [RESULTS_DIR] + ([RECORDED_DIR] if args.record else []):
+        os.makedirs(directory, exist_ok=True)
+        with open(os.path.join(directory, name), "w") as f:
+            json.dump(result, f, indent=1)
+    print(json.dumps(result, indent=1) if args.json else report.render_one(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

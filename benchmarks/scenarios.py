@@ -1,0 +1,181 @@
+"""The scenarios of issue 6, each with its baselines in the same run."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import os
+import time
+from typing import Any
+
+from benchmarks import common
+from benchmarks import ksm
+
+
+def start_latency(memory_mib: int, repeat: int) -> dict[str, Any]:
+    """Bless-to-running of one clone against an eager restore of a full save
+    and a cold boot of the same guest, each until the guest agent answers."""
+    bench = common.Bench()
+    try:
+        master = bench.master(memory_mib)
+        generation = bench.engine.bless(master.domain.name())
+        eager = common.EagerCopies(bench, master)
+        [(eager_name, eager_path)] = eager.prepare(1)
+        clone_ms, clone_running_ms, eager_ms, cold_ms = [], [], [], []
+        for round_number in range(repeat):
+            started = time.monotonic()
+            [clone] = bench.engine.launch(generation.id, 1)
+            client = bench.clone_agent(clone)
+            client.wait_ready()
+            clone_ms.append((time.monotonic() - started) * 1000)
+            clone_running_ms.append(clone.restore_ms)
+            client.close()
+            bench.engine.destroy_clone(clone.uuid)
+
+            started = time.monotonic()
+            eager.restore(eager_path)
+            client = eager.agent(eager_path)
+            client.wait_ready()
+            eager_ms.append((time.monotonic() - started) * 1000)
+            client.close()
+            bench.conn.lookupByName(eager_name).destroy()
+
+            cold_ms.append(bench.cold_boot_ms(memory_mib, f"cold{round_number}"))
+        clone, eager_s, cold = (common.summary(v) for v in (clone_ms, eager_ms, cold_ms))
+        return {
+            "clone_to_agent_ms": clone,
+            "clone_running_ms": common.summary(clone_running_ms),
+            "eager_restore_to_agent_ms": eager_s,
+            "cold_boot_to_agent_ms": cold,
+            "eager_over_clone": round(eager_s["median"] / clone["median"], 2),
+            "cold_over_clone": round(cold["median"] / clone["median"], 2),
+            "pattern_mib": master.pattern_mib,
+            "bless_pause_ms": generation.pause_ms,
+        }
+    finally:
+        bench.close()
+
+
+def burst_density(memory_mib: int, counts: list[int], with_ksm: bool) -> dict[str, Any]:
+    """N clones at once against N eager restores (and N eager restores after
+    KSM has merged what it can): time until all answer, host memory."""
+    bench = common.Bench()
+    rows = []
+    try:
+        master = bench.master(memory_mib)
+        generation = bench.engine.bless(master.domain.name())
+        eager = common.EagerCopies(bench, master)
+        for count in counts:
+            row: dict[str, Any] = {"count": count,
+                                   "guest_memory_mib": count * memory_mib}
+            row.update(_clone_burst(bench, generation.id, count))
+            row.update(_eager_burst(bench, eager, count, with_ksm))
+            rows.append(row)
+        return {"pattern_mib": master.pattern_mib, "rows": rows}
+    finally:
+        bench.close()
+
+
+def _clone_burst(bench: common.Bench, generation_id: str, count: int) -> dict[str, Any]:
+    started = time.monotonic()
+    clones = bench.engine.launch(generation_id, count)
+    running_ms = (time.monotonic() - started) * 1000
+    clients = [bench.clone_agent(c) for c in clones]
+    bench.wait_agents(clients)
+    ready_ms = (time.monotonic() - started) * 1000
+    names = [c.name for c in clones]
+    idle_mib = common.pss_mib(names)
+    with concurrent.futures.ThreadPoolExecutor(count) as pool:
+        list(pool.map(lambda c: c.request("checksum"), clients))  # read every page
+    read_mib = common.pss_mib(names)
+    for client in clients:
+        client.close()
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(pool.map(bench.engine.destroy_clone, [c.uuid for c in clones]))
+    return {"clone_all_running_ms": round(running_ms, 1),
+            "clone_all_ready_ms": round(ready_ms, 1),
+            "clone_host_mib_idle": idle_mib,
+            "clone_host_mib_after_read": read_mib}
+
+
+def _eager_burst(bench: common.Bench, eager: common.EagerCopies, count: int,
+                 with_ksm: bool) -> dict[str, Any]:
+    prepared = eager.prepare(count)
+    started = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(min(count, 8)) as pool:
+        list(pool.map(eager.restore, [path for _, path in prepared]))
+    running_ms = (time.monotonic() - started) * 1000
+    clients = [eager.agent(path) for _, path in prepared]
+    bench.wait_agents(clients)
+    ready_ms = (time.monotonic() - started) * 1000
+    for client in clients:
+        client.close()
+    names = [name for name, _ in prepared]
+    result: dict[str, Any] = {"eager_all_running_ms": round(running_ms, 1),
+                              "eager_all_ready_ms": round(ready_ms, 1),
+                              "eager_host_mib": common.pss_mib(names)}
+    if with_ksm:
+        merged = ksm.merge_until_converged()
+        result.update({"ksm_host_mib": common.pss_mib(names),
+                       "ksm_converge_s": merged["seconds"],
+                       "ksm_cpu_s": merged["ksmd_cpu_s"],
+                       "ksm_pages_sharing": merged["pages_sharing"]})
+    for name, path in prepared:
+        with contextlib.suppress(Exception):
+            bench.conn.lookupByName(name).destroy()
+        os.unlink(path)
+    if with_ksm:
+        ksm.stop()
+    return result
+
+
+def divergence(memory_mib: int, clones: int, percents: list[int]) -> dict[str, Any]:
+    """Host memory growth per clone as each clone rewrites a share of its
+    memory (what oversubscription costs as clones drift apart)."""
+    bench = common.Bench()
+    try:
+        master = bench.master(memory_mib)
+        generation = bench.engine.bless(master.domain.name())
+        launched = bench.engine.launch(generation.id, clones)
+        clients = [bench.clone_agent(c) for c in launched]
+        bench.wait_agents(clients)
+        names = [c.name for c in launched]
+        rows = [{"percent": 0, "host_mib_per_clone": round(common.pss_mib(names) / clones, 1)}]
+        for percent in sorted(percents):
+            for seed, client in enumerate(clients, start=1):
+                # The pages "dirty p" rewrites include those of any smaller p,
+                # so after this step ``percent`` of the pattern is rewritten.
+                client.request("dirty", percent, 1000 * percent + seed)
+            rows.append({"percent": percent,
+                         "host_mib_per_clone": round(common.pss_mib(names) / clones, 1)})
+        for client in clients:
+            client.close()
+        return {"pattern_mib": master.pattern_mib, "clones": clones, "rows": rows}
+    finally:
+        bench.close()
+
+
+def bless_pause(memory_sizes_mib: list[int], repeat: int) -> dict[str, Any]:
+    """The master's pause and the whole bless time against memory size."""
+    rows = []
+    for memory_mib in memory_sizes_mib:
+        bench = common.Bench()
+        try:
+            master = bench.master(memory_mib)
+            pauses, totals = [], []
+            for _ in range(repeat):
+                hb_before = master.agent.request("ping")["hb"]
+                started = time.monotonic()
+                generation = bench.engine.bless(master.domain.name())
+                totals.append((time.monotonic() - started) * 1000)
+                pauses.append(generation.pause_ms)
+                if master.agent.request("ping")["hb"] < hb_before:
+                    raise RuntimeError("heartbeat went backwards across a bless")
+                bench.engine.discard(generation.id)
+            rows.append({"memory_mib": memory_mib, "pattern_mib": master.pattern_mib,
+                         "pause_ms": common.summary(pauses),
+                         "bless_total_ms": common.summary(totals)})
+            master.agent.close()
+        finally:
+            bench.close()
+    return {"rows": rows}
