@@ -119,3 +119,7 @@ def write() -> None:
             sections.append(_section(json.load(f)))
     with open(PAGE, "w") as f:
         f.write(INTRO + "\n".join(sections))
+
+
+if __name__ == "__main__":
+    write()

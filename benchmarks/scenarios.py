@@ -10,6 +10,7 @@ from typing import Any
 
 from benchmarks import common
 from benchmarks import ksm
+from nova_clonedriver import demo as demo_mod
 
 
 def start_latency(memory_mib: int, repeat: int) -> dict[str, Any]:
@@ -179,3 +180,13 @@ def bless_pause(memory_sizes_mib: list[int], repeat: int) -> dict[str, Any]:
         finally:
             bench.close()
     return {"rows": rows}
+
+
+def demo(memory_mib: int, clones: int) -> dict[str, Any]:
+    """nova-clone demo, recorded like the other scenarios."""
+    bench = common.Bench()
+    try:
+        return demo_mod.run(bench.conn, bench.state_dir, clones=clones,
+                            memory_mib=memory_mib)
+    finally:
+        bench.close()

@@ -9,7 +9,7 @@ bash tools/build-guest.sh || exit 1
 bash tools/setup-venv.sh || exit 1
 export NOVA_CLONE_GUEST_DIR=$repo/build/guest
 
-.venv/bin/ruff check nova_clonedriver nova tests
+.venv/bin/ruff check nova_clonedriver nova tests benchmarks
 style=$?
 
 log=$(mktemp)
