@@ -138,6 +138,6 @@ class CloneEngine:
 
 def generation_summary(generation: Generation) -> dict[str, Any]:
     data = dataclasses.asdict(generation)
-    for bulky in ("chunks", "domain_xml", "cookie_xml"):
+    for bulky in ("chunks", "domain_xml"):
         data.pop(bulky)
     return data

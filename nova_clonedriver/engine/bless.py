@@ -111,7 +111,6 @@ def bless(conn: libvirt.virConnect, store: store_mod.SnapshotStore,
             device_stream_sha256=store_mod.sha256_file(device_path),
             disks=frozen,
             domain_xml=master_xml,
-            cookie_xml=None,
             pause_ms=round(pause_ms, 2),
             has_genid=domainxml.has_genid(root),
         )

@@ -134,7 +134,7 @@ def _launch_one(conn: libvirt.virConnect, store: store_mod.SnapshotStore,
                                   generation.memory_image, generation.memory_bytes)
         save_path = os.path.join(directory, "restore.save")
         with open(save_path, "wb") as save, open(generation.device_stream, "rb") as stream:
-            save.write(savefile.build_header(xml, generation.cookie_xml))
+            save.write(savefile.build_header(xml))
             shutil.copyfileobj(stream, save)
         try:
             conn.restoreFlags(save_path, None, libvirt.VIR_DOMAIN_SAVE_RUNNING)

@@ -46,7 +46,6 @@ class Generation:
     device_stream_sha256: str
     disks: list[dict[str, str]]  # target, format, base (relative to directory)
     domain_xml: str
-    cookie_xml: str | None
     pause_ms: float
     has_genid: bool
     directory: str = ""

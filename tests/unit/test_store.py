@@ -12,7 +12,7 @@ def make_generation(store, generation_id="ab12" * 8):
         id=generation_id, source_domain="web", source_uuid="u", created_at="now",
         memory_bytes=1 << 20, vcpus=1, machine_type="pc", main_block="pc.ram",
         chunk_size_bytes=1 << 20, chunks=[None], device_stream_sha256="0",
-        disks=[], domain_xml="<domain/>", cookie_xml=None, pause_ms=1.0,
+        disks=[], domain_xml="<domain/>", pause_ms=1.0,
         has_genid=True)
     store.publish(generation, workdir)
     return generation
