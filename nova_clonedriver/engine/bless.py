@@ -12,6 +12,7 @@ pause is measured from seeing the master stopped to its resume.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import logging
@@ -139,9 +140,10 @@ def _migrate(domain: libvirt.virDomain, image: memimage.MemoryImageWriter,
     reader = _StreamReader(os.fdopen(read_fd, "rb", buffering=_PIPE_BUFFER_BYTES),
                            splitter, device_out)
     reader.start()  # reads until every writer of the pipe has closed it
-    _prepare_overlays(disks, generation_id)
     fdname = f"clone-bless-{generation_id[:8]}"
+    disks_switched = False
     try:
+        _prepare_overlays(disks, generation_id)
         qmp.command(domain, "migrate-set-capabilities", capabilities=[
             {"capability": "pause-before-switchover", "state": True}])
         qmp.command(domain, "migrate-set-parameters", **{
@@ -155,6 +157,7 @@ def _migrate(domain: libvirt.virDomain, image: memimage.MemoryImageWriter,
         _wait_for(domain, ("pre-switchover",), deadline)
         paused_at = time.monotonic()
         _freeze_disks(domain, disks, generation_id)
+        disks_switched = True
         frozen_at = time.monotonic()
         qmp.command(domain, "migrate-continue", state="pre-switchover")
         info = _wait_for(domain, ("completed",), deadline)
@@ -173,6 +176,10 @@ def _migrate(domain: libvirt.virDomain, image: memimage.MemoryImageWriter,
     except BaseException as exc:
         _abort(domain, fdname)
         reader.join()
+        if not disks_switched:  # the master never wrote to them
+            for disk in disks:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(master_overlay_path(disk, generation_id))
         raise BlessError(f"bless of {domain.name()} failed: {exc}") from exc
     finally:
         _restore_settings(domain, saved)

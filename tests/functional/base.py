@@ -7,6 +7,7 @@ import os
 import shutil
 import tempfile
 import uuid
+import xml.etree.ElementTree as ET
 
 import libvirt
 import testtools
@@ -71,3 +72,9 @@ def clone_agent(engine: api.CloneEngine, clone_uuid: str) -> agent_mod.AgentClie
 
 def clone_console(engine: api.CloneEngine, clone_uuid: str) -> str:
     return os.path.join(engine.store.clone_dir(clone_uuid), testguest.CONSOLE_LOG)
+
+
+def disk_path(domain: libvirt.virDomain) -> str:
+    """The file the domain's first disk writes to now."""
+    root = ET.fromstring(domain.XMLDesc(0))
+    return root.find("devices/disk/source").get("file")

@@ -124,11 +124,15 @@ class TestLifecycleAndFailures(base.LibvirtTestCase):
 
     def test_bless_that_fails_midway_leaves_the_master_as_it_was(self):
         impatient = api.CloneEngine(self.conn, self.state_dir, bless_timeout_s=0.001)
-        disk_before = self.master.XMLDesc(0).count(".live-")
+        disk_before = base.disk_path(self.master)
+        master_dir = os.path.dirname(disk_before)
+        files_before = sorted(os.listdir(master_dir))
         error = self.assertRaises(api.BlessError, impatient.bless, self.master.name())
         self.assertIn("did not reach pre-switchover in time", str(error))
         self.assertEqual(1, self.master.state()[0])  # running
-        self.assertEqual(disk_before, self.master.XMLDesc(0).count(".live-"))
+        self.assertEqual(disk_before, base.disk_path(self.master))
+        self.assertEqual(files_before, sorted(os.listdir(master_dir)),
+                         "a prepared overlay was left behind")
         self.assertEqual(self.generations_before, os.listdir(self.engine.store.generations_dir))
         params = qmp.command(self.master, "query-migrate-parameters")
         self.assertEqual(300, params["downtime-limit"])  # QEMU's default, restored
