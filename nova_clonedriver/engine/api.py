@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import logging
 import os
 import shutil
@@ -24,6 +25,14 @@ Clone = launch_mod.Clone
 Generation = store_mod.Generation
 GenerationNotFound = store_mod.GenerationNotFound
 GenerationInUse = store_mod.GenerationInUse
+
+
+LAUNCH_GRACE_S = 600
+
+
+def _age_s(ref: store_mod.CloneReference) -> float:
+    created = datetime.datetime.fromisoformat(ref.created_at)
+    return (datetime.datetime.now(datetime.timezone.utc) - created).total_seconds()
 
 
 class CloneNotFound(LookupError):
@@ -60,10 +69,12 @@ class CloneEngine:
 
     def clones(self, generation: Generation) -> list[store_mod.CloneReference]:
         """The generation's clones, after dropping those whose domain is gone
-        (destroyed behind the engine's back): their overlays are freed."""
+        (destroyed behind the engine's back, or whose launch died with its
+        process): their overlays are freed. A launch still under way in
+        another process is left alone for ``LAUNCH_GRACE_S``."""
         live = []
         for ref in self.store.references(generation):
-            if self._domain(ref.uuid) is None:
+            if self._domain(ref.uuid) is None and (ref.started or _age_s(ref) > LAUNCH_GRACE_S):
                 LOG.info("Clone %s of %s no longer exists; freeing its files",
                          ref.name, generation.id)
                 self._free(generation, ref)

@@ -143,6 +143,7 @@ def _launch_one(conn: libvirt.virConnect, store: store_mod.SnapshotStore,
         domain = conn.lookupByUUIDString(clone_uuid)
         restore_ms = (time.monotonic() - started) * 1000
         ref.mac_addresses = _swap_nics(domain)
+        ref.started = True
         store.add_reference(generation, ref)
     except Exception as exc:
         LOG.error("Clone %s of %s failed to start: %s", identity.name, generation.id, exc)

@@ -76,6 +76,7 @@ class CloneReference:
     created_at: str
     overlays: dict[str, str]
     mac_addresses: list[str]
+    started: bool = False  # False while a launch is still creating the clone
 
 
 def write_json_atomic(path: str, data: Any) -> None:
