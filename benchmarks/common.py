@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import dataclasses
 import os
 import platform
@@ -74,10 +73,7 @@ class Bench:
         self.engine = api.CloneEngine(self.conn, self.state_dir, launch_parallelism=64)
 
     def close(self) -> None:
-        for domain in self.conn.listAllDomains():
-            if domain.name().startswith(self.prefix):
-                with contextlib.suppress(libvirt.libvirtError):
-                    domain.destroy()
+        testguest.destroy_all(self.conn, self.prefix)
         shutil.rmtree(self.state_dir, ignore_errors=True)
 
     def master(self, memory_mib: int, name: str = "master") -> Master:

@@ -11,7 +11,6 @@ restore of a full save of the same master.
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import dataclasses
 import os
 import shutil
@@ -105,7 +104,7 @@ def run(conn: libvirt.virConnect, state_dir: str, clones: int = 8,
             list(pool.map(engine.destroy_clone, [c.uuid for c in launched]))
         if generation is not None:
             engine.discard(generation.id)
-        _destroy(conn, name)
+        testguest.destroy_all(conn, name)
         shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -172,11 +171,6 @@ def _eager_restore_ms(conn: libvirt.virConnect, master: libvirt.virDomain,
     elapsed_ms = (time.monotonic() - started) * 1000
     os.unlink(path)
     return round(elapsed_ms, 1)
-
-
-def _destroy(conn: libvirt.virConnect, name: str) -> None:
-    with contextlib.suppress(libvirt.libvirtError):
-        conn.lookupByName(name).destroy()
 
 
 def format_table(result: dict[str, Any]) -> str:

@@ -7,6 +7,7 @@ console logged to a file, and the agent's virtio-serial channel.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -100,3 +101,12 @@ def _copy_boot_files(guest_dir: str, workdir: str) -> None:
         if not os.path.exists(source):
             raise TestGuestMissing(f"{source} is missing: run tools/build-guest.sh")
         shutil.copyfile(source, os.path.join(workdir, name))
+
+
+def destroy_all(conn: libvirt.virConnect, name_prefix: str) -> None:
+    """Destroy every domain whose name starts with ``name_prefix`` (the
+    clean-up of demo, tests and benchmarks, which name all they start so)."""
+    for domain in conn.listAllDomains():
+        if domain.name().startswith(name_prefix):
+            with contextlib.suppress(libvirt.libvirtError):
+                domain.destroy()

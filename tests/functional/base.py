@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import tempfile
@@ -43,10 +42,7 @@ class LibvirtTestCase(testtools.TestCase):
 
     @classmethod
     def tearDownClass(cls) -> None:
-        for domain in cls.conn.listAllDomains():
-            if domain.name().startswith(cls.prefix):
-                with contextlib.suppress(libvirt.libvirtError):
-                    domain.destroy()
+        testguest.destroy_all(cls.conn, cls.prefix)
         shutil.rmtree(cls.state_dir, ignore_errors=True)
         cls.conn.close()
         super().tearDownClass()
