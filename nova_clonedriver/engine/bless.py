@@ -162,11 +162,12 @@ def _migrate(domain: libvirt.virDomain, image: memimage.MemoryImageWriter,
         qmp.command(domain, "migrate-continue", state="pre-switchover")
         info = _wait_for(domain, ("completed",), deadline)
         completed_at = time.monotonic()
+        _wait_until_finalized(domain, deadline)
         domain.resume()
         resumed_at = time.monotonic()
         # From seeing it paused to resumed: QEMU stopped it at most one poll
         # (about a millisecond) earlier. QEMU's own "downtime" is not used:
-        # with pause-before-switchover it leaves out the time spent paused.
+        # it leaves out the resume, and reads 0 when polled right at completion.
         pause_ms = (resumed_at - paused_at) * 1000
         LOG.debug("Bless pause of %s: %.1f ms (disks %.1f ms, final pages and "
                   "device state %.1f ms, resume %.1f ms; QEMU says downtime %s ms)",
@@ -202,6 +203,15 @@ def _wait_for(domain: libvirt.virDomain, states: tuple[str, ...],
         if time.monotonic() > deadline:
             raise BlessError(f"migration did not reach {states[0]} in time "
                              "(is the guest dirtying memory faster than it streams?)")
+        time.sleep(_POLL_INTERVAL_S)
+
+
+def _wait_until_finalized(domain: libvirt.virDomain, deadline: float) -> None:
+    """QEMU reports the migration completed a moment before it leaves the
+    finish-migrate run state; "cont" is refused until then."""
+    while qmp.command(domain, "query-status").get("status") == "finish-migrate":
+        if time.monotonic() > deadline:
+            raise BlessError("migration completed but QEMU did not finalize it in time")
         time.sleep(_POLL_INTERVAL_S)
 
 
