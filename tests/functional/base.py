@@ -39,13 +39,11 @@ class LibvirtTestCase(testtools.TestCase):
         cls.state_dir = tempfile.mkdtemp(prefix=cls.__name__[:12] + "-", dir=TEST_ROOT)
         os.chmod(cls.state_dir, 0o711)
         cls.prefix = f"t{uuid.uuid4().hex[:6]}"
-
-    @classmethod
-    def tearDownClass(cls) -> None:
-        testguest.destroy_all(cls.conn, cls.prefix)
-        shutil.rmtree(cls.state_dir, ignore_errors=True)
-        cls.conn.close()
-        super().tearDownClass()
+        # Class clean-ups run even when a subclass's setUpClass fails half-way
+        # (tearDownClass does not), so no domain outlives its test class.
+        cls.addClassCleanup(cls.conn.close)
+        cls.addClassCleanup(shutil.rmtree, cls.state_dir, ignore_errors=True)
+        cls.addClassCleanup(testguest.destroy_all, cls.conn, cls.prefix)
 
     @classmethod
     def boot_master(cls, name: str, memory_mib: int = MASTER_MEMORY_MIB,
