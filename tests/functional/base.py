@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 import uuid
 import xml.etree.ElementTree as ET
 
@@ -72,3 +73,12 @@ def disk_path(domain: libvirt.virDomain) -> str:
     """The file the domain's first disk writes to now."""
     root = ET.fromstring(domain.XMLDesc(0))
     return root.find("devices/disk/source").get("file")
+
+
+def wait_for_ipv4(client: agent_mod.AgentClient, timeout_s: float = 30) -> None:
+    """Until the guest's NIC has its DHCP lease (the guest is settled)."""
+    deadline = time.monotonic() + timeout_s
+    while not any(nic["ipv4"] for nic in client.request("identity")["nics"]):
+        if time.monotonic() > deadline:
+            raise agent_mod.AgentError("the guest got no IPv4 address")
+        time.sleep(0.5)

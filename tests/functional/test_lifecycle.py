@@ -21,10 +21,15 @@ class TestLifecycleAndFailures(base.LibvirtTestCase):
         # A raw disk here (the other classes use qcow2): both must freeze.
         cls.master, cls.agent, _ = cls.boot_master("life", disk_format="raw")
         cls.agent.request("fill", 32, base.PATTERN_SEED)
-        cls.agent.close()
+        # Blessed as test_clone blesses: with the agent connected and after the
+        # guest's DHCP has finished. Blessing seconds after boot with the agent
+        # just disconnected sometimes gives clones that crash (an open bug, see
+        # doc/source/engine.rst "Known issues"), which this class is not about.
+        base.wait_for_ipv4(cls.agent)
         # The first bless freezes the raw image; later ones a qcow2 overlay.
         # Its clone is started and asked right away (see test_master_with_a_raw_disk).
         cls.raw_generation = cls.engine.bless(cls.master.name())
+        cls.agent.close()
         [cls.raw_clone] = cls.engine.launch(cls.raw_generation.id)
         client = base.clone_agent(cls.engine, cls.raw_clone.uuid)
         try:
