@@ -18,7 +18,6 @@ import libvirt
 from nova_clonedriver.demo import pattern_size_mib
 from nova_clonedriver.engine import api
 from nova_clonedriver.engine import domainxml
-from nova_clonedriver.engine import hostmem
 from nova_clonedriver.engine import savefile
 from nova_clonedriver.guest import agent as agent_mod
 from nova_clonedriver.guest import testguest
@@ -95,8 +94,7 @@ class Bench:
         return elapsed
 
     def clone_agent(self, clone: api.Clone) -> agent_mod.AgentClient:
-        return agent_mod.AgentClient(os.path.join(
-            self.engine.store.clone_dir(clone.uuid), testguest.AGENT_SOCKET))
+        return testguest.agent_in(self.engine.store.clone_dir(clone.uuid))
 
     def wait_agents(self, clients: list[agent_mod.AgentClient]) -> None:
         with concurrent.futures.ThreadPoolExecutor(len(clients)) as pool:
@@ -159,11 +157,3 @@ def _shared_readonly_disks(xml: str) -> str:
             disk.append(domainxml.ET.Element("readonly"))
     return domainxml.to_string(root)
 
-
-def pss_mib(domain_names: list[str]) -> float:
-    total_kib = 0
-    for name in domain_names:
-        pid = hostmem.qemu_pid(name)
-        if pid:
-            total_kib += hostmem.rollup_kib(pid)["Pss"]
-    return round(total_kib / 1024, 1)

@@ -11,6 +11,7 @@ from typing import Any
 from benchmarks import common
 from benchmarks import ksm
 from nova_clonedriver import demo as demo_mod
+from nova_clonedriver.engine import hostmem
 
 
 def start_latency(memory_mib: int, repeat: int) -> dict[str, Any]:
@@ -85,10 +86,10 @@ def _clone_burst(bench: common.Bench, generation_id: str, count: int) -> dict[st
     bench.wait_agents(clients)
     ready_ms = (time.monotonic() - started) * 1000
     names = [c.name for c in clones]
-    idle_mib = common.pss_mib(names)
+    idle_mib = hostmem.domains_pss_mib(names)
     with concurrent.futures.ThreadPoolExecutor(count) as pool:
         list(pool.map(lambda c: c.request("checksum"), clients))  # read every page
-    read_mib = common.pss_mib(names)
+    read_mib = hostmem.domains_pss_mib(names)
     for client in clients:
         client.close()
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
@@ -114,10 +115,10 @@ def _eager_burst(bench: common.Bench, eager: common.EagerCopies, count: int,
     names = [name for name, _ in prepared]
     result: dict[str, Any] = {"eager_all_running_ms": round(running_ms, 1),
                               "eager_all_ready_ms": round(ready_ms, 1),
-                              "eager_host_mib": common.pss_mib(names)}
+                              "eager_host_mib": hostmem.domains_pss_mib(names)}
     if with_ksm:
         merged = ksm.merge_until_converged()
-        result.update({"ksm_host_mib": common.pss_mib(names),
+        result.update({"ksm_host_mib": hostmem.domains_pss_mib(names),
                        "ksm_converge_s": merged["seconds"],
                        "ksm_cpu_s": merged["ksmd_cpu_s"],
                        "ksm_pages_sharing": merged["pages_sharing"]})
@@ -141,14 +142,15 @@ def divergence(memory_mib: int, clones: int, percents: list[int]) -> dict[str, A
         clients = [bench.clone_agent(c) for c in launched]
         bench.wait_agents(clients)
         names = [c.name for c in launched]
-        rows = [{"percent": 0, "host_mib_per_clone": round(common.pss_mib(names) / clones, 1)}]
+        rows = [{"percent": 0,
+                 "host_mib_per_clone": round(hostmem.domains_pss_mib(names) / clones, 1)}]
         for percent in sorted(percents):
             for seed, client in enumerate(clients, start=1):
                 # The pages "dirty p" rewrites include those of any smaller p,
                 # so after this step ``percent`` of the pattern is rewritten.
                 client.request("dirty", percent, 1000 * percent + seed)
             rows.append({"percent": percent,
-                         "host_mib_per_clone": round(common.pss_mib(names) / clones, 1)})
+                         "host_mib_per_clone": round(hostmem.domains_pss_mib(names) / clones, 1)})
         for client in clients:
             client.close()
         return {"pattern_mib": master.pattern_mib, "clones": clones, "rows": rows}

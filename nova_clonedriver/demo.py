@@ -73,8 +73,6 @@ def run(conn: libvirt.virConnect, state_dir: str, clones: int = 8,
         burst_wall_ms = (time.monotonic() - burst_started) * 1000
         checks = [_check(engine, c, expected, hb_before, hb_after) for c in launched]
         _flag_shared_randomness(checks)
-        pss_kib = [hostmem.rollup_kib(pid)["Pss"] for pid in
-                   (hostmem.qemu_pid(c.name) for c in launched) if pid]
         result.update({
             "clones_requested": clones,
             "clones_ok": sum(1 for c in checks if c.ok),
@@ -87,7 +85,7 @@ def run(conn: libvirt.virConnect, state_dir: str, clones: int = 8,
             "guest_memory_mib": memory_mib,
             "pattern_mib": fill_mib,
             "guest_memory_mib_total": memory_mib * len(launched),
-            "host_memory_mib_used": round(sum(pss_kib) / 1024, 1),
+            "host_memory_mib_used": hostmem.domains_pss_mib([c.name for c in launched]),
             "problems": {c.name: c.problems for c in checks if c.problems},
         })
         result["host_memory_mib_per_clone"] = round(
@@ -117,7 +115,7 @@ def pattern_size_mib(client: agent_mod.AgentClient) -> int:
 def _check(engine: api.CloneEngine, clone: api.Clone, expected_checksum: str,
            hb_before: int, hb_after: int) -> CloneCheck:
     directory = engine.store.clone_dir(clone.uuid)
-    client = agent_mod.AgentClient(os.path.join(directory, testguest.AGENT_SOCKET))
+    client = testguest.agent_in(directory)
     problems = []
     try:
         client.wait_ready(timeout_s=60)
@@ -125,7 +123,7 @@ def _check(engine: api.CloneEngine, clone: api.Clone, expected_checksum: str,
         identity = _identity_with_mac(client, clone.mac_addresses)
     finally:
         client.close()
-    beats = agent_mod.heartbeats(os.path.join(directory, testguest.CONSOLE_LOG))
+    beats = agent_mod.heartbeats(testguest.console_log_in(directory))
     first = beats[0] if beats else None
     if first is None or not hb_before <= first <= hb_after + 2:
         problems.append(f"first heartbeat {first}, master was at {hb_before}-{hb_after}")

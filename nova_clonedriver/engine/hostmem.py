@@ -14,6 +14,17 @@ def qemu_pid(domain_name: str) -> int | None:
         return None
 
 
+def domains_pss_mib(domain_names: list[str]) -> float:
+    """Host memory the domains' QEMU processes use: the sum of their PSS
+    (pages shared by k processes count 1/k each, page cache included)."""
+    total_kib = 0
+    for name in domain_names:
+        pid = qemu_pid(name)
+        if pid:
+            total_kib += rollup_kib(pid)["Pss"]
+    return round(total_kib / 1024, 1)
+
+
 def rollup_kib(pid: int) -> dict[str, int]:
     """/proc/<pid>/smaps_rollup as numbers (KiB): Rss, Pss, Pss_Anon, ..."""
     values = {}

@@ -33,6 +33,16 @@ def guest_dir_default() -> str:
     return os.path.join(os.getcwd(), "build", "guest")
 
 
+def agent_in(directory: str) -> agent_mod.AgentClient:
+    """The agent of the test guest (master or clone) whose files are in
+    ``directory``."""
+    return agent_mod.AgentClient(os.path.join(directory, AGENT_SOCKET))
+
+
+def console_log_in(directory: str) -> str:
+    return os.path.join(directory, CONSOLE_LOG)
+
+
 def domain_xml(name: str, memory_mib: int, workdir: str, disk_format: str = "qcow2",
                vcpus: int = 1, mac: str = "52:54:00:c1:00:01") -> str:
     kernel = os.path.join(workdir, "vmlinuz")
@@ -84,7 +94,7 @@ def boot(conn: libvirt.virConnect, name: str, memory_mib: int, workdir: str,
                     os.path.join(workdir, f"disk.{disk_format}"), f"{DISK_SIZE_MIB}M"],
                    check=True)
     domain = conn.createXML(domain_xml(name, memory_mib, workdir, disk_format), 0)
-    client = agent_mod.AgentClient(os.path.join(workdir, AGENT_SOCKET))
+    client = agent_in(workdir)
     try:
         client.wait_ready()
     except agent_mod.AgentError:

@@ -61,12 +61,11 @@ class LibvirtTestCase(testtools.TestCase):
 
 
 def clone_agent(engine: api.CloneEngine, clone_uuid: str) -> agent_mod.AgentClient:
-    directory = engine.store.clone_dir(clone_uuid)
-    return agent_mod.AgentClient(os.path.join(directory, testguest.AGENT_SOCKET))
+    return testguest.agent_in(engine.store.clone_dir(clone_uuid))
 
 
 def clone_console(engine: api.CloneEngine, clone_uuid: str) -> str:
-    return os.path.join(engine.store.clone_dir(clone_uuid), testguest.CONSOLE_LOG)
+    return testguest.console_log_in(engine.store.clone_dir(clone_uuid))
 
 
 def disk_path(domain: libvirt.virDomain) -> str:
