@@ -20,7 +20,9 @@ OPTS = [
     cfg.IntOpt("bless_downtime_limit_ms", default=10, min=1,
                help="Longest pause QEMU may plan for the master's final "
                     "memory copy. Smaller values mean a shorter pause but "
-                    "more pre-copy passes for a guest that writes a lot."),
+                    "more pre-copy passes for a guest that writes a lot. "
+                    "TCG masters (domain type 'qemu') always use 0: QEMU "
+                    "before 9.0 loses writes in later passes under TCG."),
     cfg.IntOpt("bless_timeout_s", default=300, min=1,
                help="Give up a bless (and let the master run on untouched) "
                     "when its memory has not converged in this time."),
