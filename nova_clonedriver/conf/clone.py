@@ -28,6 +28,13 @@ OPTS = [
                     "when its memory has not converged in this time."),
     cfg.IntOpt("launch_parallelism", default=8, min=1,
                help="How many clones one launch starts at the same time."),
+    cfg.IntOpt("min_free_memory_mib", default=2048, min=0,
+               help="The nova driver refuses a new clone (nova reschedules "
+                    "it to another host) while the host's MemAvailable is "
+                    "below this. Clones share their snapshot's memory until "
+                    "they write it, so placement may admit more of them "
+                    "than the host could hold if all diverged; this floor "
+                    "keeps the host out of swap and the OOM killer."),
 ]
 
 

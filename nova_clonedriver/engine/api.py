@@ -22,6 +22,7 @@ LOG = logging.getLogger(__name__)
 BlessError = bless_mod.BlessError
 LaunchError = launch_mod.LaunchError
 Clone = launch_mod.Clone
+CloneSpec = launch_mod.CloneSpec
 Generation = store_mod.Generation
 GenerationNotFound = store_mod.GenerationNotFound
 GenerationInUse = store_mod.GenerationInUse
@@ -60,9 +61,10 @@ class CloneEngine:
                                self._downtime_limit_ms, self._bless_timeout_s)
 
     def launch(self, generation_id: str, count: int = 1,
-               name_prefix: str | None = None) -> list[Clone]:
+               name_prefix: str | None = None,
+               specs: list[CloneSpec] | None = None) -> list[Clone]:
         return launch_mod.launch(self.conn, self.store, generation_id, count,
-                                 name_prefix, self._parallelism)
+                                 name_prefix, self._parallelism, specs)
 
     def generations(self) -> list[Generation]:
         return [self.store.load(g) for g in self.store.generation_ids()]
@@ -82,16 +84,23 @@ class CloneEngine:
                 live.append(ref)
         return live
 
-    def destroy_clone(self, name_or_uuid: str) -> None:
-        """Stop a clone, free its overlay and drop its reference."""
+    def find_clone(self, name_or_uuid: str
+                   ) -> tuple[Generation, store_mod.CloneReference] | None:
         for generation in self.generations():
             for ref in self.store.references(generation):
                 if name_or_uuid in (ref.name, ref.uuid):
-                    launch_mod.destroy_domain(self._domain(ref.uuid))
-                    self._free(generation, ref)
-                    LOG.info("Destroyed clone %s of %s", ref.name, generation.id)
-                    return
-        raise CloneNotFound(f"no clone {name_or_uuid!r}")
+                    return generation, ref
+        return None
+
+    def destroy_clone(self, name_or_uuid: str) -> None:
+        """Stop a clone, free its overlay and drop its reference."""
+        found = self.find_clone(name_or_uuid)
+        if found is None:
+            raise CloneNotFound(f"no clone {name_or_uuid!r}")
+        generation, ref = found
+        launch_mod.destroy_domain(self._domain(ref.uuid))
+        self._free(generation, ref)
+        LOG.info("Destroyed clone %s of %s", ref.name, generation.id)
 
     def discard(self, generation_id: str) -> None:
         """Free a generation; refused while any clone of it runs."""

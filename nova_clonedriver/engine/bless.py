@@ -30,7 +30,6 @@ import logging
 import os
 import shutil
 import subprocess
-import threading
 import time
 from typing import BinaryIO
 import uuid
@@ -41,6 +40,7 @@ from nova_clonedriver.engine import domainxml
 from nova_clonedriver.engine import hostinfo
 from nova_clonedriver.engine import memimage
 from nova_clonedriver.engine import migstream
+from nova_clonedriver.engine import native
 from nova_clonedriver.engine import qmp
 from nova_clonedriver.engine import store as store_mod
 
@@ -54,7 +54,7 @@ class BlessError(RuntimeError):
     """The domain could not be blessed; it runs on as before."""
 
 
-class _StreamReader(threading.Thread):
+class _StreamReader(native.thread_class()):  # type: ignore[misc]
     """Splits the migration stream while QEMU writes it."""
 
     def __init__(self, source: BinaryIO, splitter: migstream.StreamSplitter,

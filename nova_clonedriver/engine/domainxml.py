@@ -148,6 +148,13 @@ def interfaces(root: ET.Element) -> list[ET.Element]:
     return root.findall("devices/interface")
 
 
+def mac_of(interface_xml: str) -> str:
+    mac = ET.fromstring(interface_xml).find("mac")
+    if mac is None or not mac.get("address"):
+        raise DomainXMLError(f"interface without a MAC address: {interface_xml}")
+    return mac.get("address", "")
+
+
 def interface_with_mac(interface: ET.Element, mac: str) -> str:
     """A copy of ``interface`` for hot-plugging with a new MAC (libvirt picks
     a fresh PCI slot and alias)."""

@@ -5,6 +5,15 @@ from __future__ import annotations
 import os
 
 
+def mem_available_mib() -> int:
+    """The kernel's estimate of memory available without swapping."""
+    with open("/proc/meminfo") as meminfo:
+        for line in meminfo:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) // 1024
+    raise OSError("no MemAvailable in /proc/meminfo")
+
+
 def qemu_pid(domain_name: str) -> int | None:
     """PID of a running domain's QEMU (libvirt's pid file)."""
     try:

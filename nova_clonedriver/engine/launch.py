@@ -43,6 +43,18 @@ class LaunchError(RuntimeError):
         self.launched = launched or []
 
 
+@dataclasses.dataclass(frozen=True)
+class CloneSpec:
+    """Who a clone is, when the caller decides it (nova: the instance's
+    name, UUID, folder and NICs) instead of the engine."""
+    name: str
+    uuid: str
+    directory: str
+    # Interface XML to plug once the clone runs (instead of the master's
+    # NICs with new MACs); an empty list leaves the clone without NICs.
+    interfaces: list[str] | None = None
+
+
 @dataclasses.dataclass
 class Clone:
     name: str
@@ -55,16 +67,21 @@ class Clone:
 
 def launch(conn: libvirt.virConnect, store: store_mod.SnapshotStore,
            generation_id: str, count: int = 1, name_prefix: str | None = None,
-           max_parallel: int = 8) -> list[Clone]:
-    """Start ``count`` clones of the generation, up to ``max_parallel`` at once."""
+           max_parallel: int = 8, specs: list[CloneSpec] | None = None) -> list[Clone]:
+    """Start ``count`` clones of the generation (or one per spec), up to
+    ``max_parallel`` at once."""
+    if specs is not None:
+        count = len(specs)
     if count < 1:
         raise LaunchError(f"clone count must be at least 1, not {count}")
     generation = store.load(generation_id)
     verify(generation)
-    prefix = name_prefix or f"{generation.source_domain}-clone"
+    if specs is None:
+        prefix = name_prefix or f"{generation.source_domain}-clone"
+        specs = [_engine_spec(store, prefix) for _ in range(count)]
     with concurrent.futures.ThreadPoolExecutor(min(count, max_parallel)) as pool:
-        futures = [pool.submit(_launch_one, conn, store, generation, prefix)
-                   for _ in range(count)]
+        futures = [pool.submit(_launch_one, conn, store, generation, spec)
+                   for spec in specs]
         launched, errors = [], []
         for future in futures:
             try:
@@ -108,13 +125,18 @@ def verify(generation: store_mod.Generation) -> None:
     store_mod.write_json_atomic(marker, fingerprint)
 
 
-def _launch_one(conn: libvirt.virConnect, store: store_mod.SnapshotStore,
-                generation: store_mod.Generation, prefix: str) -> Clone:
-    started = time.monotonic()
+def _engine_spec(store: store_mod.SnapshotStore, prefix: str) -> CloneSpec:
     clone_uuid = str(uuid.uuid4())
-    directory = store.clone_dir(clone_uuid)
+    return CloneSpec(name=f"{prefix}-{clone_uuid[:8]}", uuid=clone_uuid,
+                     directory=store.clone_dir(clone_uuid))
+
+
+def _launch_one(conn: libvirt.virConnect, store: store_mod.SnapshotStore,
+                generation: store_mod.Generation, spec: CloneSpec) -> Clone:
+    started = time.monotonic()
+    clone_uuid, directory = spec.uuid, spec.directory
     identity = domainxml.CloneIdentity(
-        name=f"{prefix}-{clone_uuid[:8]}", uuid=clone_uuid, genid=str(uuid.uuid4()),
+        name=spec.name, uuid=clone_uuid, genid=str(uuid.uuid4()),
         directory=directory,
         overlays={d["target"]: os.path.join(directory, f"{d['target']}.qcow2")
                   for d in generation.disks})
@@ -125,7 +147,7 @@ def _launch_one(conn: libvirt.virConnect, store: store_mod.SnapshotStore,
     store.add_reference(generation, ref)
     domain = None
     try:
-        os.makedirs(directory)
+        os.makedirs(directory, exist_ok=True)  # nova makes the instance folder first
         os.chmod(directory, 0o711)
         for disk in generation.disks:
             _create_overlay(generation.disk_base(disk), disk["format"],
@@ -142,7 +164,7 @@ def _launch_one(conn: libvirt.virConnect, store: store_mod.SnapshotStore,
             os.unlink(save_path)
         domain = conn.lookupByUUIDString(clone_uuid)
         restore_ms = (time.monotonic() - started) * 1000
-        ref.mac_addresses = _swap_nics(domain)
+        ref.mac_addresses = _swap_nics(domain, spec.interfaces)
         ref.started = True
         store.add_reference(generation, ref)
     except Exception as exc:
@@ -165,23 +187,25 @@ def _create_overlay(base: str, base_format: str, overlay: str) -> None:
                     "-F", base_format, overlay], check=True, capture_output=True)
 
 
-def _swap_nics(domain: libvirt.virDomain) -> list[str]:
-    """Replace each NIC by one with a new MAC; return the new MACs.
+def _swap_nics(domain: libvirt.virDomain, replacements: list[str] | None) -> list[str]:
+    """Unplug the master's NICs and plug the clone's own: ``replacements``,
+    or else copies of the master's with new MACs. Returns the new MACs.
 
     The unplug is asynchronous (the guest acknowledges it a moment later),
-    so the new NIC is plugged without waiting for the old one to go."""
-    macs = []
+    so the new NICs are plugged without waiting for the old ones to go."""
     live = domainxml.parse(domain.XMLDesc(0))
-    for interface in domainxml.interfaces(live):
+    masters = domainxml.interfaces(live)
+    if replacements is None:
+        replacements = [domainxml.interface_with_mac(i, domainxml.random_mac())
+                        for i in masters]
+    for interface in masters:
         alias = interface.find("alias")
         if alias is None:
             raise LaunchError(f"NIC {domainxml.to_string(interface)!r} has no alias")
-        mac = domainxml.random_mac()
         domain.detachDeviceAlias(alias.get("name"), libvirt.VIR_DOMAIN_AFFECT_LIVE)
-        domain.attachDeviceFlags(domainxml.interface_with_mac(interface, mac),
-                                 libvirt.VIR_DOMAIN_AFFECT_LIVE)
-        macs.append(mac)
-    return macs
+    for interface_xml in replacements:
+        domain.attachDeviceFlags(interface_xml, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+    return [domainxml.mac_of(xml) for xml in replacements]
 
 
 def destroy_domain(domain: libvirt.virDomain | None) -> None:

@@ -1,11 +1,227 @@
 """The nova compute driver: nova's libvirt driver plus live clones.
 
-A thin adapter: nova concepts in, clone-engine calls out. For now it changes
-nothing, so every instance behaves exactly as under LibvirtDriver.
+A thin adapter: nova concepts in, clone-engine calls out. Every instance
+and image that is not about cloning takes LibvirtDriver's path unchanged.
+
+* A snapshot whose image has ``clone_live=true`` blesses the server instead
+  of copying its disk; the image gets the generation's identity as
+  properties and a small JSON manifest as data.
+* A server whose flavor has ``clone:enabled=true`` and whose image is such
+  a live image is launched as a clone: nova's name, UUID, instance folder
+  and NICs, the generation's memory and disks.
+* Deleting a clone frees its overlay and its reference to the generation.
 """
 
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+from nova import exception
+from nova.compute import task_states
 from nova.virt.libvirt import driver as libvirt_driver
+from nova.virt.libvirt import utils as libvirt_utils
+from oslo_log import log as logging
+
+from nova_clonedriver.conf import CONF
+from nova_clonedriver.engine import api
+from nova_clonedriver.engine import hostmem
+from nova_clonedriver.virt import extra_specs
+
+LOG = logging.getLogger(__name__)
+
+LIVE_IMAGE_PROPERTY = "clone_live"
+GENERATION_PROPERTY = "clone_generation"
+TRAIT_LIVE_CLONE = "CUSTOM_LIVE_CLONE"
+
+
+def _true(value: Any) -> bool:
+    return str(value).lower() in ("true", "1", "yes")
+
+
+def is_clone_flavor(flavor: Any) -> bool:
+    return _true((flavor.extra_specs or {}).get(extra_specs.ENABLED, "false"))
 
 
 class CloneDriver(libvirt_driver.LibvirtDriver):
     """Loaded with ``[DEFAULT] compute_driver = clonedriver.CloneDriver``."""
+
+    def __init__(self, virtapi: Any, read_only: bool = False) -> None:
+        super().__init__(virtapi, read_only)
+        self._engine: api.CloneEngine | None = None
+
+    @property
+    def clone_engine(self) -> api.CloneEngine:
+        """The engine, on nova's own libvirt connection (opened lazily, as
+        LibvirtDriver opens it)."""
+        if self._engine is None:
+            self._engine = api.CloneEngine(
+                self._host.get_connection(), CONF.clone.state_dir,
+                bless_downtime_limit_ms=CONF.clone.bless_downtime_limit_ms,
+                bless_timeout_s=CONF.clone.bless_timeout_s,
+                launch_parallelism=CONF.clone.launch_parallelism)
+        return self._engine
+
+    # -- bless ---------------------------------------------------------------
+
+    def snapshot(self, context: Any, instance: Any, image_id: str,
+                 update_task_state: Any) -> None:
+        image = self._image_api.get(context, image_id)
+        if not _true(image.get("properties", {}).get(LIVE_IMAGE_PROPERTY)):
+            return super().snapshot(context, instance, image_id, update_task_state)
+        update_task_state(task_state=task_states.IMAGE_PENDING_UPLOAD)
+        try:
+            generation = self.clone_engine.bless(instance.name)
+        except api.BlessError as exc:
+            raise exception.NovaException(f"live image of {instance.uuid}: {exc}") from exc
+        properties = dict(image.get("properties", {}))
+        properties.update({
+            GENERATION_PROPERTY: generation.id,
+            "clone_origin_host": CONF.host,
+            "clone_master": instance.uuid,
+            "clone_memory_mb": str(generation.memory_bytes >> 20),
+            "clone_vcpus": str(generation.vcpus),
+            "clone_bless_pause_ms": str(generation.pause_ms),
+        })
+        metadata = {"status": "active", "disk_format": "raw",
+                    "container_format": "bare", "properties": properties}
+        manifest = json.dumps(api.generation_summary(generation), sort_keys=True)
+        update_task_state(task_state=task_states.IMAGE_UPLOADING,
+                          expected_state=task_states.IMAGE_PENDING_UPLOAD)
+        self._image_api.update(context, image_id, metadata,
+                               io.BytesIO(manifest.encode()), purge_props=False)
+        LOG.info("Blessed %s as generation %s for live image %s (master paused "
+                 "%.1f ms)", instance.uuid, generation.id, image_id, generation.pause_ms,
+                 instance=instance)
+
+    # -- launch --------------------------------------------------------------
+
+    def spawn(self, context: Any, instance: Any, image_meta: Any, injected_files: Any,
+              admin_password: Any, allocations: Any, network_info: Any = None,
+              block_device_info: Any = None, power_on: bool = True,
+              accel_info: Any = None) -> None:
+        generation_id = self._live_generation(context, instance)
+        clone = is_clone_flavor(instance.flavor)
+        if generation_id is None and not clone:
+            return super().spawn(context, instance, image_meta, injected_files,
+                                 admin_password, allocations, network_info,
+                                 block_device_info, power_on, accel_info)
+        if generation_id is None:
+            raise exception.ImageUnacceptable(
+                image_id=instance.image_ref,
+                reason=f"flavor {instance.flavor.name} is a clone flavor "
+                       f"({extra_specs.ENABLED}=true) but the image is not a live "
+                       f"image (made with --property {LIVE_IMAGE_PROPERTY}=true)")
+        if not clone:
+            raise exception.ImageUnacceptable(
+                image_id=instance.image_ref,
+                reason=f"the image is a live image (generation {generation_id}); "
+                       f"boot it with a clone flavor ({extra_specs.ENABLED}=true)")
+        generation = self._generation_for(instance, generation_id)
+        self._check_free_memory(generation)
+        network_info = network_info or []
+        self.plug_vifs(instance, network_info)
+        interfaces = [self.vif_driver.get_config(instance, vif, image_meta,
+                                                 instance.flavor,
+                                                 CONF.libvirt.virt_type).to_xml()
+                      for vif in network_info]
+        spec = api.CloneSpec(name=instance.name, uuid=instance.uuid,
+                             directory=libvirt_utils.get_instance_path(instance),
+                             interfaces=interfaces)
+        try:
+            [launched] = self.clone_engine.launch(generation.id, specs=[spec])
+        except api.LaunchError as exc:
+            self.unplug_vifs(instance, network_info)
+            raise exception.InstanceDeployFailure(reason=str(exc)) from exc
+        LOG.info("Started as a clone of generation %s in %.0f ms", generation.id,
+                 launched.ready_ms, instance=instance)
+
+    def _live_generation(self, context: Any, instance: Any) -> str | None:
+        if not instance.image_ref:
+            return None
+        image = self._image_api.get(context, instance.image_ref)
+        return image.get("properties", {}).get(GENERATION_PROPERTY)
+
+    def _generation_for(self, instance: Any, generation_id: str) -> api.Generation:
+        try:
+            generation = self.clone_engine.store.load(generation_id)
+        except api.GenerationNotFound as exc:
+            raise exception.ImageUnacceptable(
+                image_id=instance.image_ref,
+                reason=f"snapshot generation {generation_id} is not on host "
+                       f"{CONF.host} (remote launch needs the page service)") from exc
+        memory_mb = generation.memory_bytes >> 20
+        if (instance.flavor.memory_mb, instance.flavor.vcpus) != (memory_mb,
+                                                                 generation.vcpus):
+            raise exception.ImageUnacceptable(
+                image_id=instance.image_ref,
+                reason=f"flavor {instance.flavor.name} has {instance.flavor.memory_mb} "
+                       f"MB and {instance.flavor.vcpus} vCPUs but the live image's "
+                       f"master had {memory_mb} MB and {generation.vcpus} vCPUs; "
+                       "a clone must match its master")
+        return generation
+
+    def _check_free_memory(self, generation: api.Generation) -> None:
+        """Clones share memory until they write it; refuse a new one when the
+        host is really short, so nova reschedules it instead of this host
+        swapping or meeting the OOM killer."""
+        floor_mib = CONF.clone.min_free_memory_mib
+        available_mib = hostmem.mem_available_mib()
+        if available_mib < floor_mib:
+            raise exception.ComputeResourcesUnavailable(
+                reason=f"host {CONF.host} has {available_mib} MiB of memory "
+                       f"available, below [clone] min_free_memory_mib={floor_mib}; "
+                       f"not starting another clone of {generation.id}")
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def destroy(self, context: Any, instance: Any, network_info: Any,
+                block_device_info: Any = None, destroy_disks: bool = True,
+                destroy_secrets: bool = True) -> None:
+        super().destroy(context, instance, network_info, block_device_info,
+                        destroy_disks, destroy_secrets)
+        try:
+            self.clone_engine.destroy_clone(instance.uuid)
+        except api.CloneNotFound:
+            return  # not a clone
+
+    def update_provider_tree(self, provider_tree: Any, nodename: str,
+                             allocations: Any = None) -> None:
+        super().update_provider_tree(provider_tree, nodename, allocations)
+        provider_tree.add_traits(nodename, TRAIT_LIVE_CLONE)
+
+    # -- operations clones do not support --------------------------------------
+
+    def _refuse_for_clone(self, instance: Any, operation: str) -> str | None:
+        if self.clone_engine.find_clone(instance.uuid) is None:
+            return None
+        return (f"{operation} is not supported for live clones: the clone's "
+                "memory is a private mapping of a snapshot on this host")
+
+    def migrate_disk_and_power_off(self, context: Any, instance: Any, dest: str,
+                                   flavor: Any, network_info: Any,
+                                   block_device_info: Any = None, timeout: int = 0,
+                                   retry_interval: int = 0) -> Any:
+        reason = self._refuse_for_clone(instance, "resize and cold migration")
+        if reason:
+            raise exception.InstanceFaultRollback(
+                inner_exception=exception.ResizeError(reason=reason))
+        return super().migrate_disk_and_power_off(
+            context, instance, dest, flavor, network_info, block_device_info,
+            timeout, retry_interval)
+
+    def check_can_live_migrate_source(self, context: Any, instance: Any,
+                                      dest_check_data: Any,
+                                      block_device_info: Any = None) -> Any:
+        reason = self._refuse_for_clone(instance, "live migration")
+        if reason:
+            raise exception.MigrationPreCheckError(reason=reason)
+        return super().check_can_live_migrate_source(
+            context, instance, dest_check_data, block_device_info)
+
+    def suspend(self, context: Any, instance: Any) -> None:
+        reason = self._refuse_for_clone(instance, "suspend")
+        if reason:
+            raise exception.InstanceSuspendFailure(reason=reason)
+        return super().suspend(context, instance)

@@ -1,0 +1,20 @@
+"""Native OS threads, even in a process eventlet has monkey-patched.
+
+The bless stream reader must keep reading while the calling thread is
+blocked in a libvirt call (libvirt's C calls do not yield to eventlet's
+hub). A green reader would never run: QEMU would block on the full pipe
+while holding its big lock, the monitor command would never answer, and
+bless would hang. nova's services and tests may run under eventlet.
+"""
+
+from __future__ import annotations
+
+import threading
+
+
+def thread_class() -> type[threading.Thread]:
+    try:
+        from eventlet import patcher
+    except ImportError:
+        return threading.Thread
+    return patcher.original("threading").Thread

@@ -1,0 +1,200 @@
+"""CloneDriver's methods on real libvirt and real QEMU guests.
+
+nova's objects stand in for its database and Glance is an in-memory fake
+(neither is ours); the driver, the engine, libvirt and the guests are real.
+"""
+
+from __future__ import annotations
+
+import os
+from unittest import mock
+import uuid
+
+from nova import context as nova_context
+from nova import exception
+from nova import objects
+from nova.compute import task_states
+from nova.tests.unit import fake_instance
+from oslo_config import fixture as config_fixture
+
+from nova_clonedriver.conf import CONF
+from nova_clonedriver.guest import testguest
+from nova_clonedriver.virt import driver as driver_mod
+from tests.functional import base
+
+
+class FakeImageAPI:
+    """Glance's image records and data, in memory."""
+
+    def __init__(self) -> None:
+        self.images: dict[str, dict] = {}
+        self.data: dict[str, bytes] = {}
+
+    def create(self, **record) -> str:
+        image_id = str(uuid.uuid4())
+        self.images[image_id] = {"id": image_id, "status": "queued", "properties": {},
+                                 **record}
+        return image_id
+
+    def get(self, context, image_id):
+        if image_id not in self.images:
+            raise exception.ImageNotFound(image_id=image_id)
+        return self.images[image_id]
+
+    def update(self, context, image_id, metadata, data=None, purge_props=True):
+        record = self.images[image_id]
+        properties = metadata.pop("properties", {})
+        record.update(metadata)
+        record["properties"] = (properties if purge_props
+                                else {**record["properties"], **properties})
+        if data is not None:
+            self.data[image_id] = data.read()
+        return record
+
+
+class TestCloneDriver(base.LibvirtTestCase):
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        objects.register_all()
+        cls.instances_path = os.path.join(cls.state_dir, "instances")
+        os.makedirs(cls.instances_path, mode=0o711)
+
+    def setUp(self):
+        super().setUp()
+        config = self.useFixture(config_fixture.Config(CONF))
+        config.config(instances_path=self.instances_path, host="node-a",
+                      instance_name_template=f"{self.prefix}-%08x")
+        config.config(group="libvirt", virt_type="qemu", connection_uri=base.LIBVIRT_URI)
+        config.config(group="clone", state_dir=os.path.join(self.state_dir, "store"),
+                      min_free_memory_mib=0)
+        self.context = nova_context.get_admin_context()
+        self.driver = driver_mod.CloneDriver(mock.Mock(), read_only=False)
+        self.images = self.driver._image_api = FakeImageAPI()
+        self.master = self._instance(1, base.MASTER_MEMORY_MIB, {})
+        _, agent = testguest.boot(self.conn, self.master.name, base.MASTER_MEMORY_MIB,
+                                  os.path.join(self.state_dir, "master"))
+        self.addCleanup(testguest.destroy_all, self.conn, self.prefix)
+        self.pattern = agent.request("fill", 32, base.PATTERN_SEED)["checksum"]
+        agent.close()
+
+    def _instance(self, instance_id, memory_mb, extra_specs, image_ref=None):
+        flavor = objects.Flavor(name=f"f{memory_mb}", memory_mb=memory_mb, vcpus=1,
+                                root_gb=0, ephemeral_gb=0, swap=0,
+                                extra_specs=extra_specs)
+        instance = fake_instance.fake_instance_obj(
+            self.context, id=instance_id, uuid=str(uuid.uuid4()), flavor=flavor,
+            image_ref=image_ref or "", memory_mb=memory_mb, vcpus=1)
+        # Fields nova would otherwise lazy-load from its database.
+        instance.numa_topology = None
+        instance.system_metadata = {}
+        instance.resources = None
+        instance.migration_context = None
+        instance.pci_devices = objects.PciDeviceList()
+        instance.save = mock.Mock()
+        return instance
+
+    def _live_image(self):
+        image_id = self.images.create(name="web-live",
+                                      properties={"clone_live": "true"})
+        update_task_state = mock.Mock()
+        self.driver.snapshot(self.context, self.master, image_id, update_task_state)
+        update_task_state.assert_has_calls([
+            mock.call(task_state=task_states.IMAGE_PENDING_UPLOAD),
+            mock.call(task_state=task_states.IMAGE_UPLOADING,
+                      expected_state=task_states.IMAGE_PENDING_UPLOAD)])
+        return image_id
+
+    def _spawn(self, instance):
+        self.driver.spawn(self.context, instance, objects.ImageMeta.from_dict({}),
+                          injected_files=[], admin_password=None, allocations={},
+                          network_info=[])
+
+    def test_live_image_then_clones_then_delete(self):
+        image_id = self._live_image()
+        image = self.images.get(self.context, image_id)
+        properties = image["properties"]
+        generation = self.driver.clone_engine.store.load(properties["clone_generation"])
+        self.assertEqual(("active", "node-a", self.master.uuid, "256", "1"),
+                         (image["status"], properties["clone_origin_host"],
+                          properties["clone_master"], properties["clone_memory_mb"],
+                          properties["clone_vcpus"]))
+        self.assertIn(generation.id.encode(), self.images.data[image_id])
+        self.assertEqual(1, self.conn.lookupByName(self.master.name).state()[0])
+
+        clones = [self._instance(2 + i, base.MASTER_MEMORY_MIB,
+                                 {"clone:enabled": "true"}, image_id) for i in range(2)]
+        for clone in clones:
+            self._spawn(clone)
+            domain = self.conn.lookupByUUIDString(clone.uuid)
+            self.assertEqual(clone.name, domain.name())
+            folder = os.path.join(self.instances_path, clone.uuid)
+            agent = testguest.agent_in(folder)
+            self.addCleanup(agent.close)
+            self.assertEqual(32, agent.wait_ready(timeout_s=60)["pattern_mib"])
+            self.assertEqual(self.pattern, agent.request("checksum")["checksum"])
+            self.assertTrue(os.path.exists(testguest.console_log_in(folder)))
+        self.assertEqual({c.uuid for c in clones},
+                         {r.uuid for r in self.driver.clone_engine.clones(generation)})
+
+        for clone in clones:
+            self.driver.destroy(self.context, clone, network_info=[])
+            self.assertNotIn(clone.name, self.domain_names())
+            self.assertFalse(os.path.exists(os.path.join(self.instances_path, clone.uuid)))
+        self.assertEqual([], self.driver.clone_engine.clones(generation))
+        self.assertEqual(1, self.conn.lookupByName(self.master.name).state()[0])
+
+    def assertRefused(self, instance, error_class, message):
+        domains_before = self.domain_names()
+        error = self.assertRaises(error_class, self._spawn, instance)
+        self.assertIn(message, str(error))
+        self.assertEqual(domains_before, self.domain_names())
+        self.assertFalse(os.path.exists(os.path.join(self.instances_path, instance.uuid)))
+
+    def test_bad_requests_are_refused_and_change_nothing(self):
+        image_id = self._live_image()
+        plain_image = self.images.create(name="plain")
+        self.assertRefused(self._instance(2, 512, {"clone:enabled": "true"}, image_id),
+                           exception.ImageUnacceptable,
+                           "has 512 MB and 1 vCPUs but the live image's master had "
+                           "256 MB and 1 vCPUs")
+        self.assertRefused(self._instance(3, 256, {}, image_id),
+                           exception.ImageUnacceptable, "boot it with a clone flavor")
+        self.assertRefused(self._instance(4, 256, {"clone:enabled": "true"}, plain_image),
+                           exception.ImageUnacceptable, "is not a live image")
+        gone = self.images.create(name="gone", properties={"clone_generation": "0bad"})
+        self.assertRefused(self._instance(5, 256, {"clone:enabled": "true"}, gone),
+                           exception.ImageUnacceptable,
+                           "snapshot generation 0bad is not on host node-a")
+        self.useFixture(config_fixture.Config(CONF)).config(
+            group="clone", min_free_memory_mib=1 << 30)
+        self.assertRefused(self._instance(6, 256, {"clone:enabled": "true"}, image_id),
+                           exception.ComputeResourcesUnavailable,
+                           "below [clone] min_free_memory_mib=1073741824")
+
+    def test_unsupported_operations_on_a_clone_are_refused(self):
+        image_id = self._live_image()
+        clone = self._instance(2, 256, {"clone:enabled": "true"}, image_id)
+        self._spawn(clone)
+        self.addCleanup(self.driver.destroy, self.context, clone, [])
+        error = self.assertRaises(exception.MigrationPreCheckError,
+                                  self.driver.check_can_live_migrate_source,
+                                  self.context, clone, None)
+        self.assertIn("live migration is not supported for live clones", str(error))
+        error = self.assertRaises(exception.InstanceFaultRollback,
+                                  self.driver.migrate_disk_and_power_off,
+                                  self.context, clone, "node-b", clone.flavor, [])
+        self.assertIn("resize and cold migration is not supported",
+                      str(error.inner_exception))
+        self.assertRaises(exception.InstanceSuspendFailure, self.driver.suspend,
+                          self.context, clone)
+        self.assertEqual(1, self.conn.lookupByUUIDString(clone.uuid).state()[0])
+
+    def test_a_failed_live_snapshot_leaves_the_image_unchanged(self):
+        image_id = self.images.create(name="x", properties={"clone_live": "true"})
+        ghost = self._instance(9, 256, {})  # no such domain
+        error = self.assertRaises(exception.NovaException, self.driver.snapshot,
+                                  self.context, ghost, image_id, mock.Mock())
+        self.assertIn(f"live image of {ghost.uuid}", str(error))
+        self.assertEqual("queued", self.images.get(self.context, image_id)["status"])
+        self.assertEqual([], os.listdir(self.driver.clone_engine.store.generations_dir))
