@@ -28,6 +28,7 @@ from nova_clonedriver.conf import CONF
 from nova_clonedriver.engine import api
 from nova_clonedriver.engine import hostmem
 from nova_clonedriver.virt import extra_specs
+from nova_clonedriver.virt import live_images
 
 LOG = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ class CloneDriver(libvirt_driver.LibvirtDriver):
     def __init__(self, virtapi: Any, read_only: bool = False) -> None:
         super().__init__(virtapi, read_only)
         self._engine: api.CloneEngine | None = None
+        self._live_images = live_images.LiveImageIndex(CONF.clone.state_dir)
 
     @property
     def clone_engine(self) -> api.CloneEngine:
@@ -91,6 +93,7 @@ class CloneDriver(libvirt_driver.LibvirtDriver):
                           expected_state=task_states.IMAGE_PENDING_UPLOAD)
         self._image_api.update(context, image_id, metadata,
                                io.BytesIO(manifest.encode()), purge_props=False)
+        self._live_images.record(generation.id, image_id)
         LOG.info("Blessed %s as generation %s for live image %s (master paused "
                  "%.1f ms)", instance.uuid, generation.id, image_id, generation.pause_ms,
                  instance=instance)
@@ -185,6 +188,29 @@ class CloneDriver(libvirt_driver.LibvirtDriver):
             self.clone_engine.destroy_clone(instance.uuid)
         except api.CloneNotFound:
             return  # not a clone
+
+    def manage_image_cache(self, context: Any, all_instances: Any) -> None:
+        super().manage_image_cache(context, all_instances)
+        self._free_generations_of_deleted_images(context)
+
+    def _free_generations_of_deleted_images(self, context: Any) -> None:
+        for generation_id, image_id in self._live_images.items():
+            try:
+                if self._image_api.get(context, image_id).get("status") != "deleted":
+                    continue
+            except exception.ImageNotFound:
+                pass
+            try:
+                self.clone_engine.discard(generation_id)
+            except api.GenerationInUse as exc:
+                LOG.debug("Live image %s is deleted, keeping its generation: %s",
+                          image_id, exc)
+                continue
+            except api.GenerationNotFound:
+                pass
+            self._live_images.forget(generation_id)
+            LOG.info("Freed generation %s: its live image %s is deleted and no "
+                     "clone uses it any more", generation_id, image_id)
 
     def update_provider_tree(self, provider_tree: Any, nodename: str,
                              allocations: Any = None) -> None:

@@ -190,6 +190,21 @@ class TestCloneDriver(base.LibvirtTestCase):
                           self.context, clone)
         self.assertEqual(1, self.conn.lookupByUUIDString(clone.uuid).state()[0])
 
+    def test_a_deleted_live_image_frees_its_generation_after_its_last_clone(self):
+        kept_id, deleted_id = self._live_image(), self._live_image()
+        store = self.driver.clone_engine.store
+        kept, deleted = (self.images.get(self.context, i)["properties"]["clone_generation"]
+                         for i in (kept_id, deleted_id))
+        clone = self._instance(2, 256, {"clone:enabled": "true"}, deleted_id)
+        self._spawn(clone)
+        del self.images.images[deleted_id]  # deleted in Glance
+        self.driver.manage_image_cache(self.context, [])
+        self.assertEqual({kept, deleted}, set(store.generation_ids()))
+        self.driver.destroy(self.context, clone, network_info=[])
+        self.driver.manage_image_cache(self.context, [])
+        self.assertEqual([kept], store.generation_ids())
+        self.assertEqual([(kept, kept_id)], self.driver._live_images.items())
+
     def test_a_failed_live_snapshot_leaves_the_image_unchanged(self):
         image_id = self.images.create(name="x", properties={"clone_live": "true"})
         ghost = self._instance(9, 256, {})  # no such domain
