@@ -28,6 +28,12 @@ OPTS = [
                     "when its memory has not converged in this time."),
     cfg.IntOpt("launch_parallelism", default=8, min=1,
                help="How many clones one launch starts at the same time."),
+    cfg.FloatOpt("live_clone_weight_multiplier", default=10.0,
+                 help="Weight of nova_clonedriver.scheduler.weights."
+                      "LiveCloneWeigher (when enabled in [filter_scheduler] "
+                      "weight_classes): how strongly the scheduler prefers the "
+                      "host that holds a live image's memory. Negative "
+                      "values spread clones away from it instead."),
     cfg.IntOpt("min_free_memory_mib", default=2048, min=0,
                help="The nova driver refuses a new clone (nova reschedules "
                     "it to another host) while the host's MemAvailable is "

@@ -24,6 +24,7 @@ from nova.virt.libvirt import driver as libvirt_driver
 from nova.virt.libvirt import utils as libvirt_utils
 from oslo_log import log as logging
 
+from nova_clonedriver import live_image
 from nova_clonedriver.conf import CONF
 from nova_clonedriver.engine import api
 from nova_clonedriver.engine import hostmem
@@ -32,8 +33,6 @@ from nova_clonedriver.virt import live_images
 
 LOG = logging.getLogger(__name__)
 
-LIVE_IMAGE_PROPERTY = "clone_live"
-GENERATION_PROPERTY = "clone_generation"
 TRAIT_LIVE_CLONE = "CUSTOM_LIVE_CLONE"
 
 
@@ -70,7 +69,7 @@ class CloneDriver(libvirt_driver.LibvirtDriver):
     def snapshot(self, context: Any, instance: Any, image_id: str,
                  update_task_state: Any) -> None:
         image = self._image_api.get(context, image_id)
-        if not _true(image.get("properties", {}).get(LIVE_IMAGE_PROPERTY)):
+        if not _true(image.get("properties", {}).get(live_image.LIVE)):
             return super().snapshot(context, instance, image_id, update_task_state)
         update_task_state(task_state=task_states.IMAGE_PENDING_UPLOAD)
         try:
@@ -79,12 +78,12 @@ class CloneDriver(libvirt_driver.LibvirtDriver):
             raise exception.NovaException(f"live image of {instance.uuid}: {exc}") from exc
         properties = dict(image.get("properties", {}))
         properties.update({
-            GENERATION_PROPERTY: generation.id,
-            "clone_origin_host": CONF.host,
-            "clone_master": instance.uuid,
-            "clone_memory_mb": str(generation.memory_bytes >> 20),
-            "clone_vcpus": str(generation.vcpus),
-            "clone_bless_pause_ms": str(generation.pause_ms),
+            live_image.GENERATION: generation.id,
+            live_image.ORIGIN_HOST: CONF.host,
+            live_image.MASTER: instance.uuid,
+            live_image.MEMORY_MB: str(generation.memory_bytes >> 20),
+            live_image.VCPUS: str(generation.vcpus),
+            live_image.BLESS_PAUSE_MS: str(generation.pause_ms),
         })
         metadata = {"status": "active", "disk_format": "raw",
                     "container_format": "bare", "properties": properties}
@@ -115,7 +114,7 @@ class CloneDriver(libvirt_driver.LibvirtDriver):
                 image_id=instance.image_ref,
                 reason=f"flavor {instance.flavor.name} is a clone flavor "
                        f"({extra_specs.ENABLED}=true) but the image is not a live "
-                       f"image (made with --property {LIVE_IMAGE_PROPERTY}=true)")
+                       f"image (made with --property {live_image.LIVE}=true)")
         if not clone:
             raise exception.ImageUnacceptable(
                 image_id=instance.image_ref,
@@ -144,7 +143,7 @@ class CloneDriver(libvirt_driver.LibvirtDriver):
         if not instance.image_ref:
             return None
         image = self._image_api.get(context, instance.image_ref)
-        return image.get("properties", {}).get(GENERATION_PROPERTY)
+        return image.get("properties", {}).get(live_image.GENERATION)
 
     def _generation_for(self, instance: Any, generation_id: str) -> api.Generation:
         try:

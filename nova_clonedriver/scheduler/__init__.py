@@ -1,0 +1,1 @@
+"""Parts of nova-clonedriver that run in nova's scheduler."""
