@@ -6,7 +6,6 @@ import dataclasses
 import datetime
 import logging
 import os
-import shutil
 from typing import Any
 
 import libvirt
@@ -73,10 +72,12 @@ class CloneEngine:
         """The generation's clones, after dropping those whose domain is gone
         (destroyed behind the engine's back, or whose launch died with its
         process): their overlays are freed. A launch still under way in
-        another process is left alone for ``LAUNCH_GRACE_S``."""
+        another process is left alone for ``LAUNCH_GRACE_S``, and so are
+        caller-managed clones (their caller says when they are gone)."""
         live = []
         for ref in self.store.references(generation):
-            if self._domain(ref.uuid) is None and (ref.started or _age_s(ref) > LAUNCH_GRACE_S):
+            if (not ref.caller_managed and self._domain(ref.uuid) is None
+                    and (ref.started or _age_s(ref) > LAUNCH_GRACE_S)):
                 LOG.info("Clone %s of %s no longer exists; freeing its files",
                          ref.name, generation.id)
                 self._free(generation, ref)
@@ -152,7 +153,7 @@ class CloneEngine:
             raise
 
     def _free(self, generation: Generation, ref: store_mod.CloneReference) -> None:
-        shutil.rmtree(ref.directory, ignore_errors=True)
+        launch_mod.remove_clone_files(ref)
         self.store.drop_reference(generation, ref.uuid)
 
 

@@ -105,7 +105,14 @@ def clone_xml(master_xml: str, identity: CloneIdentity, memory_image: str | None
     root = parse(master_xml)
     root.attrib.pop("id", None)
     root.find("name").text = identity.name  # type: ignore[union-attr]
+    master_uuid = root.find("uuid").text  # type: ignore[union-attr]
     root.find("uuid").text = identity.uuid  # type: ignore[union-attr]
+    # libvirt refuses a <sysinfo> system UUID other than the domain's (nova
+    # writes both, and by default the serial as well): the master's UUID
+    # becomes the clone's there too.
+    for entry in root.findall("sysinfo/system/entry"):
+        if entry.get("name") == "uuid" or entry.text == master_uuid:
+            entry.text = identity.uuid
     genid = root.find("genid")
     if genid is not None:
         genid.text = identity.genid

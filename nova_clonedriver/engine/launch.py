@@ -12,6 +12,7 @@ reseed its RNG.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -32,6 +33,7 @@ from nova_clonedriver.engine import store as store_mod
 LOG = logging.getLogger(__name__)
 
 VERIFIED_FILE = "verified.json"
+RESTORE_FILE = "restore.save"  # the save image a clone is restored from
 
 
 class LaunchError(RuntimeError):
@@ -53,6 +55,10 @@ class CloneSpec:
     # Interface XML to plug once the clone runs (instead of the master's
     # NICs with new MACs); an empty list leaves the clone without NICs.
     interfaces: list[str] | None = None
+    # The caller owns the folder and the clone's lifecycle (nova: a stopped
+    # server has no domain but is no less there): the engine never reaps
+    # the clone and, when it frees it, removes only the files it made.
+    caller_managed: bool = False
 
 
 @dataclasses.dataclass
@@ -143,7 +149,8 @@ def _launch_one(conn: libvirt.virConnect, store: store_mod.SnapshotStore,
     ref = store_mod.CloneReference(
         uuid=clone_uuid, name=identity.name, generation=generation.id,
         directory=directory, overlays=identity.overlays, mac_addresses=[],
-        created_at=datetime.datetime.now(datetime.timezone.utc).isoformat())
+        created_at=datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        caller_managed=spec.caller_managed)
     store.add_reference(generation, ref)
     domain = None
     try:
@@ -154,7 +161,7 @@ def _launch_one(conn: libvirt.virConnect, store: store_mod.SnapshotStore,
                             identity.overlays[disk["target"]])
         xml = domainxml.clone_xml(generation.domain_xml, identity,
                                   generation.memory_image, generation.memory_bytes)
-        save_path = os.path.join(directory, "restore.save")
+        save_path = os.path.join(directory, RESTORE_FILE)
         with open(save_path, "wb") as save, open(generation.device_stream, "rb") as stream:
             save.write(savefile.build_header(xml))
             shutil.copyfileobj(stream, save)
@@ -170,7 +177,7 @@ def _launch_one(conn: libvirt.virConnect, store: store_mod.SnapshotStore,
     except Exception as exc:
         LOG.error("Clone %s of %s failed to start: %s", identity.name, generation.id, exc)
         destroy_domain(domain)
-        shutil.rmtree(directory, ignore_errors=True)
+        remove_clone_files(ref)
         store.drop_reference(generation, clone_uuid)
         message = exc.get_error_message() if isinstance(exc, libvirt.libvirtError) else exc
         raise LaunchError(f"clone {identity.name}: {message}") from exc
@@ -180,6 +187,16 @@ def _launch_one(conn: libvirt.virConnect, store: store_mod.SnapshotStore,
     LOG.info("Clone %s of %s running after %.0f ms, ready after %.0f ms",
              clone.name, generation.id, clone.restore_ms, clone.ready_ms)
     return clone
+
+
+def remove_clone_files(ref: store_mod.CloneReference) -> None:
+    """The clone's folder, or only the engine's files in a caller's folder."""
+    if not ref.caller_managed:
+        shutil.rmtree(ref.directory, ignore_errors=True)
+        return
+    for path in [*ref.overlays.values(), os.path.join(ref.directory, RESTORE_FILE)]:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
 
 
 def _create_overlay(base: str, base_format: str, overlay: str) -> None:

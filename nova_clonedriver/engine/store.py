@@ -77,6 +77,7 @@ class CloneReference:
     overlays: dict[str, str]
     mac_addresses: list[str]
     started: bool = False  # False while a launch is still creating the clone
+    caller_managed: bool = False  # see launch.CloneSpec
 
 
 def write_json_atomic(path: str, data: Any) -> None:

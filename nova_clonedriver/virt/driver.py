@@ -130,7 +130,7 @@ class CloneDriver(libvirt_driver.LibvirtDriver):
                       for vif in network_info]
         spec = api.CloneSpec(name=instance.name, uuid=instance.uuid,
                              directory=libvirt_utils.get_instance_path(instance),
-                             interfaces=interfaces)
+                             interfaces=interfaces, caller_managed=True)
         try:
             [launched] = self.clone_engine.launch(generation.id, specs=[spec])
         except api.LaunchError as exc:

@@ -66,7 +66,7 @@ class TestCloneDriver(base.LibvirtTestCase):
         config.config(instances_path=self.instances_path, host="node-a",
                       instance_name_template=f"{self.prefix}-%08x")
         config.config(group="libvirt", virt_type="qemu", connection_uri=base.LIBVIRT_URI)
-        config.config(group="clone", state_dir=os.path.join(self.state_dir, "store"),
+        config.config(group="clone", state_dir=os.path.join(self.state_dir, uuid.uuid4().hex[:6]),
                       min_free_memory_mib=0)
         self.context = nova_context.get_admin_context()
         self.driver = driver_mod.CloneDriver(mock.Mock(), read_only=False)

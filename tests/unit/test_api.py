@@ -46,3 +46,33 @@ class TestStaleReferences(testtools.TestCase):
         ref = store_mod.CloneReference(uuid="u", name="n", generation="g", directory="d",
                                        created_at="t", overlays={}, mac_addresses=[])
         self.assertFalse(ref.started)
+
+
+class TestCallerManagedClones(testtools.TestCase):
+    """nova's clones: a stopped server has no domain but must keep its files."""
+
+    def setUp(self):
+        super().setUp()
+        self.root = self.useFixture(fixtures.TempDir()).path
+        self.engine = api.CloneEngine(mock.Mock(), self.root)
+        self.generation = test_store.make_generation(self.engine.store)
+        self.folder = os.path.join(self.root, "instances", "uuid-1")
+        os.makedirs(self.folder)
+        self.overlay = os.path.join(self.folder, "vda.qcow2")
+        for name in ("vda.qcow2", "console.log"):
+            with open(os.path.join(self.folder, name), "w") as f:
+                f.write("x")
+        ref = _ref(self.generation, "uuid-1", True, 5, self.folder)
+        ref.caller_managed, ref.overlays = True, {"vda": self.overlay}
+        self.engine.store.add_reference(self.generation, ref)
+
+    def test_not_reaped_when_its_domain_is_gone(self):
+        with mock.patch.object(self.engine, "_domain", return_value=None):
+            self.assertEqual(["uuid-1"], [r.uuid for r in self.engine.clones(self.generation)])
+        self.assertTrue(os.path.exists(self.overlay))
+
+    def test_freeing_it_removes_only_the_engines_files(self):
+        with mock.patch.object(self.engine, "_domain", return_value=None):
+            self.engine.destroy_clone("uuid-1")
+        self.assertEqual(["console.log"], os.listdir(self.folder))
+        self.assertEqual([], self.engine.store.references(self.generation))
