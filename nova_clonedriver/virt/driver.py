@@ -122,7 +122,10 @@ class CloneDriver(libvirt_driver.LibvirtDriver):
                        f"boot it with a clone flavor ({extra_specs.ENABLED}=true)")
         generation = self._generation_for(instance, generation_id)
         self._check_free_memory(generation)
-        network_info = network_info or []
+        self._launch_clone(instance, image_meta, generation.id, network_info or [])
+
+    def _launch_clone(self, instance: Any, image_meta: Any, generation_id: str,
+                      network_info: Any) -> None:
         self.plug_vifs(instance, network_info)
         interfaces = [self.vif_driver.get_config(instance, vif, image_meta,
                                                  instance.flavor,
@@ -132,12 +135,40 @@ class CloneDriver(libvirt_driver.LibvirtDriver):
                              directory=libvirt_utils.get_instance_path(instance),
                              interfaces=interfaces, caller_managed=True)
         try:
-            [launched] = self.clone_engine.launch(generation.id, specs=[spec])
+            [launched] = self.clone_engine.launch(generation_id, specs=[spec])
         except api.LaunchError as exc:
             self.unplug_vifs(instance, network_info)
             raise exception.InstanceDeployFailure(reason=str(exc)) from exc
-        LOG.info("Started as a clone of generation %s in %.0f ms", generation.id,
+        LOG.info("Started as a clone of generation %s in %.0f ms", generation_id,
                  launched.ready_ms, instance=instance)
+
+    def _restart_clone(self, instance: Any, network_info: Any) -> bool:
+        """Start a clone again from its snapshot's instant (its RAM and disk
+        writes are dropped); False if ``instance`` is not a clone."""
+        found = self.clone_engine.find_clone(instance.uuid)
+        if found is None:
+            return False
+        generation, _ = found
+        self.clone_engine.destroy_clone(instance.uuid)
+        self._launch_clone(instance, instance.image_meta, generation.id, network_info or [])
+        return True
+
+    def power_on(self, context: Any, instance: Any, network_info: Any,
+                 block_device_info: Any = None, accel_info: Any = None,
+                 share_info: Any = None) -> None:
+        if not self._restart_clone(instance, network_info):
+            super().power_on(context, instance, network_info, block_device_info,
+                             accel_info, share_info)
+
+    def reboot(self, context: Any, instance: Any, network_info: Any, reboot_type: str,
+               block_device_info: Any = None, bad_volumes_callback: Any = None,
+               accel_info: Any = None, share_info: Any = None) -> None:
+        # Soft or hard alike: a clone's guest cannot boot from the live
+        # image (its data is a manifest, not a disk).
+        if not self._restart_clone(instance, network_info):
+            super().reboot(context, instance, network_info, reboot_type,
+                           block_device_info, bad_volumes_callback, accel_info,
+                           share_info)
 
     def _live_generation(self, context: Any, instance: Any) -> str | None:
         if not instance.image_ref:

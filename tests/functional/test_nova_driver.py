@@ -144,6 +144,33 @@ class TestCloneDriver(base.LibvirtTestCase):
         self.assertEqual([], self.driver.clone_engine.clones(generation))
         self.assertEqual(1, self.conn.lookupByName(self.master.name).state()[0])
 
+    def test_stop_start_and_reboot_restart_a_clone_from_the_snapshot(self):
+        image_id = self._live_image()
+        clone = self._instance(2, 256, {"clone:enabled": "true"}, image_id)
+        self._spawn(clone)
+        self.addCleanup(self.driver.destroy, self.context, clone, [])
+        folder = os.path.join(self.instances_path, clone.uuid)
+
+        def agent():
+            client = testguest.agent_in(folder)
+            self.addCleanup(client.close)
+            client.wait_ready(timeout_s=60)
+            return client
+
+        agent().request("dirty", 100, 7)  # the clone diverges from its master
+        self.driver.power_off(clone)
+        self.assertNotIn(clone.name, self.domain_names())
+        self.assertEqual([clone.uuid], [r.uuid for r in self.driver.clone_engine.clones(
+            self.driver.clone_engine.store.load(
+                self.images.get(self.context, image_id)["properties"]["clone_generation"]))])
+        self.driver.power_on(self.context, clone, network_info=[])
+        client = agent()
+        self.assertEqual(self.pattern, client.request("checksum")["checksum"])
+        client.request("dirty", 100, 8)
+        self.driver.reboot(self.context, clone, [], "HARD")
+        self.assertEqual(self.pattern, agent().request("checksum")["checksum"])
+        self.assertEqual(clone.name, self.conn.lookupByUUIDString(clone.uuid).name())
+
     def assertRefused(self, instance, error_class, message):
         domains_before = self.domain_names()
         error = self.assertRaises(error_class, self._spawn, instance)
