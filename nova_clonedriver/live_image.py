@@ -7,3 +7,7 @@ MASTER = "clone_master"
 MEMORY_MB = "clone_memory_mb"
 VCPUS = "clone_vcpus"
 BLESS_PAUSE_MS = "clone_bless_pause_ms"
+
+# Server metadata (``openstack server create --property clone_of=<server>``):
+# fork that running server now instead of booting the image.
+CLONE_OF = "clone_of"

@@ -34,6 +34,11 @@ OPTS = [
                       "weight_classes): how strongly the scheduler prefers the "
                       "host that holds a live image's memory. Negative "
                       "values spread clones away from it instead."),
+    cfg.IntOpt("fork_reuse_s", default=60, min=0,
+               help="A server created with the metadata clone_of=<server> "
+                    "forks that server: it reuses a generation of it blessed "
+                    "at most this long ago, so a burst of such requests "
+                    "shares one bless; 0 blesses for every request."),
     cfg.IntOpt("min_free_memory_mib", default=2048, min=0,
                help="The nova driver refuses a new clone (nova reschedules "
                     "it to another host) while the host's MemAvailable is "

@@ -30,8 +30,9 @@ GenerationInUse = store_mod.GenerationInUse
 LAUNCH_GRACE_S = 600
 
 
-def _age_s(ref: store_mod.CloneReference) -> float:
-    created = datetime.datetime.fromisoformat(ref.created_at)
+def age_s(iso_time: str) -> float:
+    """Seconds since ``iso_time`` (a ``created_at`` of the store)."""
+    created = datetime.datetime.fromisoformat(iso_time)
     return (datetime.datetime.now(datetime.timezone.utc) - created).total_seconds()
 
 
@@ -77,7 +78,7 @@ class CloneEngine:
         live = []
         for ref in self.store.references(generation):
             if (not ref.caller_managed and self._domain(ref.uuid) is None
-                    and (ref.started or _age_s(ref) > LAUNCH_GRACE_S)):
+                    and (ref.started or age_s(ref.created_at) > LAUNCH_GRACE_S)):
                 LOG.info("Clone %s of %s no longer exists; freeing its files",
                          ref.name, generation.id)
                 self._free(generation, ref)

@@ -18,10 +18,12 @@ import io
 import json
 from typing import Any
 
+import libvirt
 from nova import exception
 from nova.compute import task_states
 from nova.virt.libvirt import driver as libvirt_driver
 from nova.virt.libvirt import utils as libvirt_utils
+from oslo_concurrency import lockutils
 from oslo_log import log as logging
 
 from nova_clonedriver import live_image
@@ -103,8 +105,14 @@ class CloneDriver(libvirt_driver.LibvirtDriver):
               admin_password: Any, allocations: Any, network_info: Any = None,
               block_device_info: Any = None, power_on: bool = True,
               accel_info: Any = None) -> None:
-        generation_id = self._live_generation(context, instance)
         clone = is_clone_flavor(instance.flavor)
+        fork_of = (instance.metadata or {}).get(live_image.CLONE_OF)
+        if clone and fork_of:
+            generation = self._fork_generation(instance, fork_of)
+            self._check_free_memory(generation)
+            self._launch_clone(instance, image_meta, generation.id, network_info or [])
+            return
+        generation_id = self._live_generation(context, instance)
         if generation_id is None and not clone:
             return super().spawn(context, instance, image_meta, injected_files,
                                  admin_password, allocations, network_info,
@@ -176,6 +184,32 @@ class CloneDriver(libvirt_driver.LibvirtDriver):
         image = self._image_api.get(context, instance.image_ref)
         return image.get("properties", {}).get(live_image.GENERATION)
 
+    def _fork_generation(self, instance: Any, master_uuid: str) -> api.Generation:
+        """A generation of the running server ``master_uuid``: one blessed in
+        the last ``[clone] fork_reuse_s`` seconds, else a new bless. One lock
+        per master, so a burst of requests shares one bless."""
+        with lockutils.lock(f"clone-fork-{master_uuid}"):
+            recent = [g for g in self.clone_engine.generations()
+                      if g.source_uuid == master_uuid
+                      and api.age_s(g.created_at) <= CONF.clone.fork_reuse_s]
+            if recent:
+                generation = max(recent, key=lambda g: g.created_at)
+            else:
+                generation = self._bless_for_fork(master_uuid)
+        self._check_matches(instance, generation)
+        return generation
+
+    def _bless_for_fork(self, master_uuid: str) -> api.Generation:
+        try:
+            master = self.clone_engine.conn.lookupByUUIDString(master_uuid)
+            return self.clone_engine.bless(master.name())
+        except (libvirt.libvirtError, api.BlessError) as exc:
+            message = (exc.get_error_message() if isinstance(exc, libvirt.libvirtError)
+                       else str(exc))
+            raise exception.InvalidInput(
+                reason=f"{live_image.CLONE_OF}={master_uuid}: cannot fork this server "
+                       f"on host {CONF.host}: {message}") from exc
+
     def _generation_for(self, instance: Any, generation_id: str) -> api.Generation:
         try:
             generation = self.clone_engine.store.load(generation_id)
@@ -184,6 +218,10 @@ class CloneDriver(libvirt_driver.LibvirtDriver):
                 image_id=instance.image_ref,
                 reason=f"snapshot generation {generation_id} is not on host "
                        f"{CONF.host} (remote launch needs the page service)") from exc
+        self._check_matches(instance, generation)
+        return generation
+
+    def _check_matches(self, instance: Any, generation: api.Generation) -> None:
         memory_mb = generation.memory_bytes >> 20
         if (instance.flavor.memory_mb, instance.flavor.vcpus) != (memory_mb,
                                                                  generation.vcpus):
@@ -193,7 +231,6 @@ class CloneDriver(libvirt_driver.LibvirtDriver):
                        f"MB and {instance.flavor.vcpus} vCPUs but the live image's "
                        f"master had {memory_mb} MB and {generation.vcpus} vCPUs; "
                        "a clone must match its master")
-        return generation
 
     def _check_free_memory(self, generation: api.Generation) -> None:
         """Clones share memory until they write it; refuse a new one when the

@@ -171,6 +171,31 @@ class TestCloneDriver(base.LibvirtTestCase):
         self.assertEqual(self.pattern, agent().request("checksum")["checksum"])
         self.assertEqual(clone.name, self.conn.lookupByUUIDString(clone.uuid).name())
 
+    def test_fork_on_demand_shares_one_bless_per_burst(self):
+        master_uuid = self.conn.lookupByName(self.master.name).UUIDString()
+        forks = [self._instance(2 + i, 256, {"clone:enabled": "true"}) for i in range(3)]
+        for fork in forks:
+            fork.metadata = {"clone_of": master_uuid}
+        self._spawn(forks[0])
+        self._spawn(forks[1])
+        store = self.driver.clone_engine.store
+        self.assertEqual(1, len(store.generation_ids()))  # the second reused it
+        self.useFixture(config_fixture.Config(CONF)).config(group="clone", fork_reuse_s=0)
+        self._spawn(forks[2])
+        self.assertEqual(2, len(store.generation_ids()))
+        for fork in forks:
+            self.addCleanup(self.driver.destroy, self.context, fork, [])
+            agent = testguest.agent_in(os.path.join(self.instances_path, fork.uuid))
+            self.addCleanup(agent.close)
+            agent.wait_ready(timeout_s=60)
+            self.assertEqual(self.pattern, agent.request("checksum")["checksum"])
+
+        stranger = self._instance(9, 256, {"clone:enabled": "true"})
+        stranger.metadata = {"clone_of": str(uuid.uuid4())}
+        self.assertRefused(stranger, exception.InvalidInput,
+                           f"clone_of={stranger.metadata['clone_of']}: cannot fork")
+        self.assertEqual(2, len(store.generation_ids()))
+
     def assertRefused(self, instance, error_class, message):
         domains_before = self.domain_names()
         error = self.assertRaises(error_class, self._spawn, instance)
