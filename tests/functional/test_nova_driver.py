@@ -88,6 +88,7 @@ class TestCloneDriver(base.LibvirtTestCase):
         # Fields nova would otherwise lazy-load from its database.
         instance.numa_topology = None
         instance.system_metadata = {}
+        instance.metadata = {}
         instance.resources = None
         instance.migration_context = None
         instance.pci_devices = objects.PciDeviceList()
