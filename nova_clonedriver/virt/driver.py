@@ -126,8 +126,8 @@ class CloneDriver(libvirt_driver.LibvirtDriver):
         if not clone:
             raise exception.ImageUnacceptable(
                 image_id=instance.image_ref,
-                reason=f"the image is a live image (generation {generation_id}); "
-                       f"boot it with a clone flavor ({extra_specs.ENABLED}=true)")
+                reason=f"the image is a live image; boot it with a clone flavor "
+                       f"({extra_specs.ENABLED}=true) (generation {generation_id})")
         generation = self._generation_for(instance, generation_id)
         self._check_free_memory(generation)
         self._launch_clone(instance, image_meta, generation.id, network_info or [])
@@ -227,10 +227,10 @@ class CloneDriver(libvirt_driver.LibvirtDriver):
                                                                  generation.vcpus):
             raise exception.ImageUnacceptable(
                 image_id=instance.image_ref,
-                reason=f"flavor {instance.flavor.name} has {instance.flavor.memory_mb} "
-                       f"MB and {instance.flavor.vcpus} vCPUs but the live image's "
-                       f"master had {memory_mb} MB and {generation.vcpus} vCPUs; "
-                       "a clone must match its master")
+                reason=f"a clone must match its master: flavor {instance.flavor.name} "
+                       f"has {instance.flavor.memory_mb} MB and {instance.flavor.vcpus} "
+                       f"vCPUs but the live image's master had {memory_mb} MB and "
+                       f"{generation.vcpus} vCPUs")
 
     def _check_free_memory(self, generation: api.Generation) -> None:
         """Clones share memory until they write it; refuse a new one when the

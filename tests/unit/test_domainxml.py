@@ -10,6 +10,13 @@ MASTER = """<domain type='qemu' id='7'>
   <genid>22222222-2222-2222-2222-222222222222</genid>
   <memory unit='KiB'>262144</memory>
   <vcpu placement='static'>2</vcpu>
+  <sysinfo type='smbios'>
+    <system>
+      <entry name='manufacturer'>OpenStack Foundation</entry>
+      <entry name='serial'>11111111-1111-1111-1111-111111111111</entry>
+      <entry name='uuid'>11111111-1111-1111-1111-111111111111</entry>
+    </system>
+  </sysinfo>
   <devices>
     <disk type='file' device='disk'>
       <driver name='qemu' type='raw'/>
@@ -79,6 +86,12 @@ class TestCloneXML(testtools.TestCase):
         self.assertEqual("web-clone-1", self.root.findtext("name"))
         self.assertEqual(IDENTITY.uuid, self.root.findtext("uuid"))
         self.assertEqual(IDENTITY.genid, self.root.findtext("genid"))
+
+    def test_sysinfo_carries_the_clone_uuid(self):
+        # libvirt refuses a domain whose <sysinfo> UUID is not its <uuid>.
+        entries = {e.get("name"): e.text for e in self.root.findall("sysinfo/system/entry")}
+        self.assertEqual({"manufacturer": "OpenStack Foundation", "serial": IDENTITY.uuid,
+                          "uuid": IDENTITY.uuid}, entries)
 
     def test_disk_becomes_overlay_without_stale_backing_chain(self):
         disk, cdrom = self.root.findall("devices/disk")

@@ -291,7 +291,9 @@ static int pump(struct channel *ch)
         *nl = '\0';
         if (nl > start && nl[-1] == '\r')
             nl[-1] = '\0';
-        handle_line(ch->fd, start);
+        /* The console is read on stdin (opened read-only by /init) and
+         * answered on stdout, like the heartbeat. */
+        handle_line(ch->fd == STDIN_FILENO ? STDOUT_FILENO : ch->fd, start);
         start = nl + 1;
     }
     ch->used -= start - ch->buf;
