@@ -168,6 +168,19 @@ class CloneDriver(libvirt_driver.LibvirtDriver):
             super().power_on(context, instance, network_info, block_device_info,
                              accel_info, share_info)
 
+    def resume_state_on_host_boot(self, context: Any, instance: Any, network_info: Any,
+                                  share_info: Any, block_device_info: Any = None) -> None:
+        # Clones are transient domains: after a host reboot they start again
+        # (a clone whose domain still runs is left alone).
+        try:
+            if self._host.get_guest(instance).is_active():
+                return
+        except exception.InstanceNotFound:
+            pass
+        if not self._restart_clone(instance, network_info):
+            super().resume_state_on_host_boot(context, instance, network_info,
+                                              share_info, block_device_info)
+
     def reboot(self, context: Any, instance: Any, network_info: Any, reboot_type: str,
                block_device_info: Any = None, bad_volumes_callback: Any = None,
                accel_info: Any = None, share_info: Any = None) -> None:

@@ -169,6 +169,14 @@ class TestCloneDriver(base.LibvirtTestCase):
         self.assertEqual(self.pattern, client.request("checksum")["checksum"])
         client.request("dirty", 100, 8)
         self.driver.reboot(self.context, clone, [], "HARD")
+        client = agent()
+        self.assertEqual(self.pattern, client.request("checksum")["checksum"])
+        client.request("dirty", 100, 9)
+        checksum = client.request("checksum")["checksum"]
+        self.driver.resume_state_on_host_boot(self.context, clone, [], share_info=None)
+        self.assertEqual(checksum, client.request("checksum")["checksum"])  # untouched
+        self.conn.lookupByUUIDString(clone.uuid).destroy()  # as if the host rebooted
+        self.driver.resume_state_on_host_boot(self.context, clone, [], share_info=None)
         self.assertEqual(self.pattern, agent().request("checksum")["checksum"])
         self.assertEqual(clone.name, self.conn.lookupByUUIDString(clone.uuid).name())
 
