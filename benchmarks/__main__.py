@@ -25,12 +25,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run one scenario")
-    run.add_argument("scenario", choices=["start", "burst", "divergence", "pause", "demo"])
+    run.add_argument("scenario", choices=["start", "burst", "divergence", "pause", "demo",
+                                                "nova"])
     run.add_argument("--memory-mb", type=int, default=256)
     run.add_argument("--repeat", type=int, default=5, help="start, pause: rounds")
     run.add_argument("--counts", type=_ints, default=[1, 4, 16], help="burst: N list")
     run.add_argument("--no-ksm", action="store_true", help="burst: skip the KSM baseline")
-    run.add_argument("--clones", type=int, default=4, help="divergence, demo: clones")
+    run.add_argument("--clones", type=int, default=4,
+                     help="divergence, demo: clones; nova: servers per request")
     run.add_argument("--percents", type=_ints, default=[1, 10, 50], help="divergence")
     run.add_argument("--sizes", type=_ints, default=[256, 1024], help="pause: MiB list")
     run.add_argument("--record", action="store_true",
@@ -51,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
         data = scenarios.divergence(args.memory_mb, args.clones, args.percents)
     elif args.scenario == "pause":
         data = scenarios.bless_pause(args.sizes, args.repeat)
+    elif args.scenario == "nova":
+        from benchmarks import nova_boot  # eventlet-patches this process
+        data = nova_boot.run(args.clones)
     else:
         data = scenarios.demo(args.memory_mb, args.clones)
     result = {"scenario": args.scenario, "memory_mib": args.memory_mb,

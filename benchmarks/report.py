@@ -13,7 +13,8 @@ RECORDED_DIR = os.path.join(DOC_DIR, "benchmarks")
 PAGE = os.path.join(DOC_DIR, "benchmarks.rst")
 
 TITLES = {"start": "Start latency", "burst": "Burst and density",
-          "divergence": "Divergence", "pause": "Bless pause", "demo": "The demo"}
+          "divergence": "Divergence", "pause": "Bless pause", "demo": "The demo",
+          "nova": "Through nova"}
 
 
 def _spread(s: dict[str, float]) -> str:
@@ -61,6 +62,14 @@ def table(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
                   f"{data['eager_to_clone_ratio']}", f"{data['clone_start_median_ms']:.0f}",
                   f"{data['bless_pause_ms']}", f"{data['host_memory_mib_per_clone']}",
                   f"{data['oversubscription']}x"]])
+    if kind == "nova":
+        clones_s = data["rows"][0]["post_to_all_guests_running_s"]
+        return (["method", "servers", "POST to all ACTIVE s", "POST to all guests running s",
+                 "x clones (running)"],
+                [[r["method"], str(r["count"]), f"{r['post_to_all_active_s']}",
+                  f"{r['post_to_all_guests_running_s']}",
+                  f"{r['post_to_all_guests_running_s'] / clones_s:.2f}"]
+                 for r in data["rows"]])
     raise ValueError(f"unknown scenario {kind}")
 
 

@@ -46,6 +46,7 @@ import nova.virt.libvirt.host
 import psutil
 from sqlalchemy import exc as sqla_exc
 
+from nova_clonedriver import conf  # noqa: F401 (registers [clone] for self.flags)
 from nova_clonedriver.engine import api as engine_api
 from nova_clonedriver.guest import testguest
 from tests.functional import base
