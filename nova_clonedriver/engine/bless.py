@@ -25,11 +25,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import json
 import logging
 import os
 import shutil
-import subprocess
 import time
 from typing import BinaryIO
 import uuid
@@ -41,6 +39,7 @@ from nova_clonedriver.engine import hostinfo
 from nova_clonedriver.engine import memimage
 from nova_clonedriver.engine import migstream
 from nova_clonedriver.engine import native
+from nova_clonedriver.engine import qemuimg
 from nova_clonedriver.engine import qmp
 from nova_clonedriver.engine import store as store_mod
 
@@ -233,9 +232,8 @@ def _prepare_overlays(disks: list[domainxml.DiskInfo], generation_id: str) -> No
     """Create the master's new overlays before the pause, so that while
     paused libvirt only has to switch to them (REUSE_EXT)."""
     for disk in disks:
-        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", disk.path,
-                        "-F", disk.format, master_overlay_path(disk, generation_id)],
-                       check=True, capture_output=True)
+        qemuimg.create_overlay(disk.path, disk.format,
+                               master_overlay_path(disk, generation_id))
 
 
 def _freeze_disks(domain: libvirt.virDomain, disks: list[domainxml.DiskInfo],
@@ -292,9 +290,7 @@ def _restore_settings(domain: libvirt.virDomain, saved: dict) -> None:
 def _check_backing(disk: domainxml.DiskInfo) -> None:
     if disk.format != "qcow2":
         return
-    out = subprocess.run(["qemu-img", "info", "-U", "--output=json", disk.path],
-                         check=True, capture_output=True, text=True).stdout
-    backing = json.loads(out).get("backing-filename")
+    backing = qemuimg.backing_file(disk.path)
     if backing and not os.path.isabs(backing):
         raise BlessError(f"disk {disk.target} has a relative backing file "
                          f"({backing}); clones need an absolute one")

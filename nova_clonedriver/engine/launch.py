@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import shutil
-import subprocess
 import time
 import uuid
 
@@ -27,6 +26,7 @@ import libvirt
 
 from nova_clonedriver.engine import domainxml
 from nova_clonedriver.engine import memimage
+from nova_clonedriver.engine import qemuimg
 from nova_clonedriver.engine import savefile
 from nova_clonedriver.engine import store as store_mod
 
@@ -157,8 +157,8 @@ def _launch_one(conn: libvirt.virConnect, store: store_mod.SnapshotStore,
         os.makedirs(directory, exist_ok=True)  # nova makes the instance folder first
         os.chmod(directory, 0o711)
         for disk in generation.disks:
-            _create_overlay(generation.disk_base(disk), disk["format"],
-                            identity.overlays[disk["target"]])
+            qemuimg.create_overlay(generation.disk_base(disk), disk["format"],
+                                   identity.overlays[disk["target"]])
         xml = domainxml.clone_xml(generation.domain_xml, identity,
                                   generation.memory_image, generation.memory_bytes)
         save_path = os.path.join(directory, RESTORE_FILE)
@@ -197,11 +197,6 @@ def remove_clone_files(ref: store_mod.CloneReference) -> None:
     for path in [*ref.overlays.values(), os.path.join(ref.directory, RESTORE_FILE)]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
-
-
-def _create_overlay(base: str, base_format: str, overlay: str) -> None:
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", base,
-                    "-F", base_format, overlay], check=True, capture_output=True)
 
 
 def _swap_nics(domain: libvirt.virDomain, replacements: list[str] | None) -> list[str]:
