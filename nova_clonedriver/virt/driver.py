@@ -25,6 +25,7 @@ from nova.virt.libvirt import driver as libvirt_driver
 from nova.virt.libvirt import utils as libvirt_utils
 from oslo_concurrency import lockutils
 from oslo_log import log as logging
+from oslo_utils import strutils
 
 from nova_clonedriver import live_image
 from nova_clonedriver.conf import CONF
@@ -38,12 +39,9 @@ LOG = logging.getLogger(__name__)
 TRAIT_LIVE_CLONE = "CUSTOM_LIVE_CLONE"
 
 
-def _true(value: Any) -> bool:
-    return str(value).lower() in ("true", "1", "yes")
-
-
 def is_clone_flavor(flavor: Any) -> bool:
-    return _true((flavor.extra_specs or {}).get(extra_specs.ENABLED, "false"))
+    # The same reading of booleans as nova's extra-spec validator.
+    return strutils.bool_from_string((flavor.extra_specs or {}).get(extra_specs.ENABLED))
 
 
 class CloneDriver(libvirt_driver.LibvirtDriver):
@@ -71,7 +69,7 @@ class CloneDriver(libvirt_driver.LibvirtDriver):
     def snapshot(self, context: Any, instance: Any, image_id: str,
                  update_task_state: Any) -> None:
         image = self._image_api.get(context, image_id)
-        if not _true(image.get("properties", {}).get(live_image.LIVE)):
+        if not strutils.bool_from_string(image.get("properties", {}).get(live_image.LIVE)):
             return super().snapshot(context, instance, image_id, update_task_state)
         update_task_state(task_state=task_states.IMAGE_PENDING_UPLOAD)
         try:

@@ -1,9 +1,13 @@
 """The clone: extra specs are checked by nova's own validation, loaded
 through our nova.api.extra_spec_validators entry point."""
 
+from unittest import mock
+
 from nova import exception
 from nova.api.validation.extra_specs import validators
 import testtools
+
+from nova_clonedriver.virt import driver
 
 
 class TestCloneExtraSpecs(testtools.TestCase):
@@ -25,3 +29,21 @@ class TestCloneExtraSpecs(testtools.TestCase):
             error = self.assertRaises(exception.ValidationError,
                                       validators.validate, name, value)
             self.assertIn(message, str(error))
+
+
+class TestCloneFlavor(testtools.TestCase):
+    def setUp(self):
+        super().setUp()
+        validators.load_validators()
+
+    def test_reads_booleans_as_the_validator_accepts_them(self):
+        def flavor(extra_specs):
+            return mock.Mock(extra_specs=extra_specs)
+        for value in ("true", "True", "on", "yes", "1"):
+            validators.validate("clone:enabled", value)
+            self.assertTrue(driver.is_clone_flavor(flavor({"clone:enabled": value})), value)
+        for value in ("false", "off", "no", "0"):
+            validators.validate("clone:enabled", value)
+            self.assertFalse(driver.is_clone_flavor(flavor({"clone:enabled": value})), value)
+        self.assertFalse(driver.is_clone_flavor(flavor({})))
+        self.assertFalse(driver.is_clone_flavor(flavor(None)))
