@@ -114,9 +114,14 @@ def _copy_boot_files(guest_dir: str, workdir: str) -> None:
 
 
 def destroy_all(conn: libvirt.virConnect, name_prefix: str) -> None:
-    """Destroy every domain whose name starts with ``name_prefix`` (the
-    clean-up of demo, tests and benchmarks, which name all they start so)."""
+    """Destroy, and undefine if persistent (nova defines its servers), every
+    domain whose name starts with ``name_prefix`` (the clean-up of demo,
+    tests and benchmarks, which name all they start so)."""
     for domain in conn.listAllDomains():
-        if domain.name().startswith(name_prefix):
-            with contextlib.suppress(libvirt.libvirtError):
-                domain.destroy()
+        if not domain.name().startswith(name_prefix):
+            continue
+        with contextlib.suppress(libvirt.libvirtError):
+            domain.destroy()
+        with contextlib.suppress(libvirt.libvirtError):
+            if domain.isPersistent():
+                domain.undefine()

@@ -68,21 +68,6 @@ _REAL = {
 }
 
 
-def _destroy_domains(prefix):
-    conn = libvirt.open(base.LIBVIRT_URI)
-    try:
-        for domain in conn.listAllDomains():
-            if not domain.name().startswith(prefix):
-                continue
-            with contextlib.suppress(libvirt.libvirtError):
-                if domain.isActive():
-                    domain.destroy()
-            with contextlib.suppress(libvirt.libvirtError):
-                domain.undefine()
-    finally:
-        conn.close()
-
-
 def _wait(condition, timeout_s, what, interval_s=0.5):
     """Poll ``condition`` (time.sleep yields to nova's greenthreads) until it
     returns something true; fail with ``what()`` after ``timeout_s``."""
@@ -112,9 +97,9 @@ class TestLiveClonesThroughNovaAPI(integrated_helpers.ProviderUsageBaseTestCase)
         os.makedirs(self.instances_path, mode=0o711)
         # A per-run domain name prefix, so we only ever touch our domains.
         self.prefix = f"ncdapi{uuid.uuid4().hex[:6]}-"
-        self.addCleanup(_destroy_domains, self.prefix)
         self.conn = libvirt.open(base.LIBVIRT_URI)
         self.addCleanup(self.conn.close)
+        self.addCleanup(testguest.destroy_all, self.conn, self.prefix)
 
         # The pip-installed nova has api-paste.ini in <venv>/etc/nova, not
         # where nova's ConfFixture looks (site-packages/../etc/nova).
