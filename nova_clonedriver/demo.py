@@ -123,7 +123,7 @@ def _check(engine: api.CloneEngine, clone: api.Clone, expected_checksum: str,
         identity = _identity_with_mac(client, clone.mac_addresses)
     finally:
         client.close()
-    beats = agent_mod.heartbeats(testguest.console_log_in(directory))
+    beats = agent_mod.first_heartbeats(testguest.console_log_in(directory))
     first = beats[0] if beats else None
     if first is None or not hb_before <= first <= hb_after + 2:
         problems.append(f"first heartbeat {first}, master was at {hb_before}-{hb_after}")

@@ -92,3 +92,14 @@ def heartbeats(console_log: str) -> list[int]:
     """The heartbeat counters the agent printed on a console log, in order."""
     with open(console_log, "rb") as f:
         return [int(m.group(1)) for m in _HEARTBEAT.finditer(f.read())]
+
+
+def first_heartbeats(console_log: str, timeout_s: float = 30) -> list[int]:
+    """The heartbeats so far, once there is at least one: the agent beats
+    between requests, so a guest busy with a long request (a checksum of
+    its whole pattern on a loaded host) may print its first beat late.
+    Empty if none came within ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not (beats := heartbeats(console_log)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return beats

@@ -120,8 +120,10 @@ def destroy_all(conn: libvirt.virConnect, name_prefix: str) -> None:
     for domain in conn.listAllDomains():
         if not domain.name().startswith(name_prefix):
             continue
+        # Asked before the destroy: a transient domain is gone after it.
+        persistent = domain.isPersistent()
         with contextlib.suppress(libvirt.libvirtError):
             domain.destroy()
-        with contextlib.suppress(libvirt.libvirtError):
-            if domain.isPersistent():
+        if persistent:
+            with contextlib.suppress(libvirt.libvirtError):
                 domain.undefine()
