@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import dataclasses
 import datetime
 import logging
@@ -62,9 +63,12 @@ class CloneEngine:
 
     def launch(self, generation_id: str, count: int = 1,
                name_prefix: str | None = None,
-               specs: list[CloneSpec] | None = None) -> list[Clone]:
+               specs: list[CloneSpec] | None = None,
+               on_clone_started: Callable[[Clone], None] | None = None) -> list[Clone]:
+        """``on_clone_started`` is called with each clone as it comes up."""
         return launch_mod.launch(self.conn, self.store, generation_id, count,
-                                 name_prefix, self._parallelism, specs)
+                                 name_prefix, self._parallelism, specs,
+                                 on_clone_started)
 
     def generations(self) -> list[Generation]:
         return [self.store.load(g) for g in self.store.generation_ids()]

@@ -11,6 +11,7 @@ reseed its RNG.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import concurrent.futures
 import contextlib
 import dataclasses
@@ -73,9 +74,14 @@ class Clone:
 
 def launch(conn: libvirt.virConnect, store: store_mod.SnapshotStore,
            generation_id: str, count: int = 1, name_prefix: str | None = None,
-           max_parallel: int = 8, specs: list[CloneSpec] | None = None) -> list[Clone]:
+           max_parallel: int = 8, specs: list[CloneSpec] | None = None,
+           on_clone_started: Callable[[Clone], None] | None = None) -> list[Clone]:
     """Start ``count`` clones of the generation (or one per spec), up to
-    ``max_parallel`` at once."""
+    ``max_parallel`` at once.
+
+    ``on_clone_started`` is called (in the caller's thread) with each clone
+    as soon as it runs, in the order they come up; the result keeps the
+    order of the specs."""
     if specs is not None:
         count = len(specs)
     if count < 1:
@@ -88,6 +94,10 @@ def launch(conn: libvirt.virConnect, store: store_mod.SnapshotStore,
     with concurrent.futures.ThreadPoolExecutor(min(count, max_parallel)) as pool:
         futures = [pool.submit(_launch_one, conn, store, generation, spec)
                    for spec in specs]
+        if on_clone_started is not None:
+            for future in concurrent.futures.as_completed(futures):
+                if future.exception() is None:
+                    _notify(on_clone_started, future.result())
         launched, errors = [], []
         for future in futures:
             try:
@@ -98,6 +108,14 @@ def launch(conn: libvirt.virConnect, store: store_mod.SnapshotStore,
         raise LaunchError(f"{len(errors)} of {count} clones failed to start: "
                           + "; ".join(sorted(set(errors))), launched)
     return launched
+
+
+def _notify(callback: Callable[[Clone], None], clone: Clone) -> None:
+    """A failing progress callback must not lose track of running clones."""
+    try:
+        callback(clone)
+    except Exception:
+        LOG.exception("Progress callback failed for clone %s", clone.name)
 
 
 def verify(generation: store_mod.Generation) -> None:

@@ -113,7 +113,7 @@ class TestBlessAndLaunch(base.LibvirtTestCase):
 
     def test_clones_resume_from_the_masters_instant(self):
         for clone in self.clones:
-            beats = agent_mod.heartbeats(base.clone_console(self.engine, clone.uuid))
+            beats = agent_mod.first_heartbeats(base.clone_console(self.engine, clone.uuid))
             self.assertTrue(beats, "clone printed no heartbeat")
             self.assertGreaterEqual(beats[0], self.hb_before)
             self.assertLessEqual(beats[0], self.hb_after + 2)
@@ -159,7 +159,7 @@ class TestBlessAndLaunch(base.LibvirtTestCase):
     def test_state_is_visible_to_another_process(self):
         out = subprocess.run(
             [os.path.join(os.path.dirname(sys.executable), "nova-clone"),
-             "--state-dir", self.state_dir, "list", "--json"],
+             "--state-dir", self.state_dir, "list", "-f", "json"],
             check=True, capture_output=True, text=True).stdout
         [row] = [r for r in json.loads(out) if r["generation"] == self.generation.id]
         self.assertEqual(sorted(c.name for c in self.clones), sorted(row["clones"]))

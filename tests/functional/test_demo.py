@@ -12,12 +12,15 @@ class TestDemo(base.LibvirtTestCase):
     def test_demo_clones_check_out(self):
         result = subprocess.run(
             [os.path.join(os.path.dirname(sys.executable), "nova-clone"),
-             "--state-dir", self.state_dir, "demo", "--clones", "2", "--json"],
+             "--state-dir", self.state_dir, "demo", "--clones", "2", "-f", "json"],
             capture_output=True, text=True)
+        # The report says what went wrong with which clone; the exit code
+        # only that something did.
+        report = json.loads(result.stdout or "{}")
+        self.assertEqual(2, report.get("clones_ok"),
+                         f"problems: {report.get('problems')}\n{result.stderr[-3000:]}")
         self.assertEqual(0, result.returncode, result.stderr[-3000:])
-        report = json.loads(result.stdout)
         self.assertEqual(2, report["clones_requested"])
-        self.assertEqual(2, report["clones_ok"], report["problems"])
         self.assertEqual(2, len(report["clone_start_ms"]))
         self.assertGreater(report["bless_pause_ms"], 0)
         self.assertEqual(512, report["guest_memory_mib_total"])
