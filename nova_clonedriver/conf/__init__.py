@@ -3,14 +3,16 @@
 from oslo_config import cfg
 
 from nova_clonedriver.conf import clone
+from nova_clonedriver.conf import pageserver
 
 CONF = cfg.CONF
 clone.register_opts(CONF)
+pageserver.register_opts(CONF)
 
 
 def list_opts() -> list:
     """For oslo-config-generator (entry point oslo.config.opts)."""
-    return [(clone.GROUP, clone.OPTS)]
+    return [(clone.GROUP, clone.OPTS), (pageserver.GROUP, pageserver.OPTS)]
 
 
 __all__ = ["CONF", "list_opts"]

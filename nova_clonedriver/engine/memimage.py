@@ -81,13 +81,16 @@ def find_bad_chunks(path: str, checksums: list[str | None]) -> list[int]:
     bad = []
     with open(path, "rb") as image:
         for index, expected in enumerate(checksums):
-            data = image.read(CHUNK_SIZE_BYTES)
-            if expected is None:
-                if data.count(0) != len(data):
-                    bad.append(index)
-            elif hashlib.sha256(data).hexdigest() != expected:
+            if not chunk_matches(image.read(CHUNK_SIZE_BYTES), expected):
                 bad.append(index)
     return bad
+
+
+def chunk_matches(data: bytes, expected: str | None) -> bool:
+    """Whether a chunk's bytes are those its checksum (``None``: zeros) says."""
+    if expected is None:
+        return data.count(0) == len(data)
+    return hashlib.sha256(data).hexdigest() == expected
 
 
 _libc = ctypes.CDLL(None, use_errno=True)

@@ -21,6 +21,7 @@ GENERATION_FILE = "generation.json"
 MEMORY_IMAGE_FILE = "memory.img"
 DEVICE_STREAM_FILE = "device.stream"
 REFERENCES_DIR = "references"
+PEERS_DIR = "peers"
 
 
 class GenerationNotFound(LookupError):
@@ -48,6 +49,9 @@ class Generation:
     domain_xml: str
     pause_ms: float
     has_genid: bool
+    # Empty for a generation blessed on this node; for one presented here by
+    # the page service, the address of the origin node's page service.
+    origin: str = ""
     directory: str = ""
 
     @property
@@ -78,6 +82,16 @@ class CloneReference:
     mac_addresses: list[str]
     started: bool = False  # False while a launch is still creating the clone
     caller_managed: bool = False  # see launch.CloneSpec
+
+
+@dataclasses.dataclass
+class PeerReference:
+    """Another node's page service holds clones of a generation of this one
+    (one file per node, rewritten as its clones come and go)."""
+    node: str
+    generation: str
+    clones: list[str]
+    updated_at: str
 
 
 def write_json_atomic(path: str, data: Any) -> None:
@@ -161,9 +175,35 @@ class SnapshotStore:
                     refs.append(CloneReference(**json.load(f)))
         return refs
 
+    def set_peer_reference(self, generation: Generation, ref: PeerReference) -> None:
+        directory = os.path.join(generation.directory, PEERS_DIR)
+        os.makedirs(directory, exist_ok=True)
+        write_json_atomic(os.path.join(directory, f"{ref.node}.json"),
+                          dataclasses.asdict(ref))
+
+    def drop_peer_reference(self, generation: Generation, node: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(generation.directory, PEERS_DIR, f"{node}.json"))
+
+    def peer_references(self, generation: Generation) -> list[PeerReference]:
+        directory = os.path.join(generation.directory, PEERS_DIR)
+        if not os.path.isdir(directory):
+            return []
+        refs = []
+        for name in sorted(os.listdir(directory)):
+            if name.endswith(".json"):
+                with open(os.path.join(directory, name)) as f:
+                    refs.append(PeerReference(**json.load(f)))
+        return refs
+
     def remove_generation(self, generation: Generation) -> None:
         if self.references(generation):
             raise GenerationInUse(f"snapshot {generation.id} still has clones")
+        peers = self.peer_references(generation)
+        if peers:
+            raise GenerationInUse(
+                f"snapshot {generation.id} still has clones on "
+                + ", ".join(p.node for p in peers))
         # Rename first so a crash half-way never leaves a half generation
         # that looks whole.
         doomed = os.path.join(self.generations_dir, f".discard-{generation.id}")

@@ -11,12 +11,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 class TestOptions(testtools.TestCase):
-    def test_list_opts_has_the_clone_group(self):
-        [(group, opts)] = conf.list_opts()
-        self.assertEqual("clone", group.name)
-        names = {o.name for o in opts}
-        self.assertIn("state_dir", names)
-        self.assertIn("bless_downtime_limit_ms", names)
+    def test_list_opts_has_the_clone_and_pageserver_groups(self):
+        groups = {group.name: {o.name for o in opts} for group, opts in conf.list_opts()}
+        self.assertEqual({"clone", "pageserver"}, set(groups))
+        self.assertIn("state_dir", groups["clone"])
+        self.assertIn("bless_downtime_limit_ms", groups["clone"])
+        self.assertIn("tls_ca_file", groups["pageserver"])
+        self.assertIn("fetch_timeout_s", groups["pageserver"])
 
     def test_generator_writes_a_sample_with_the_clone_group(self):
         out = os.path.join(self.useFixture(fixtures.TempDir()).path, "sample.conf")

@@ -1,0 +1,158 @@
+"""The FUSE file system that presents remote generations as local files.
+
+``<mount>/<generation id>/memory.img`` and ``<mount>/<generation id>/<disk
+base>``: read-only files whose reads are served from the node's cache,
+after fetching what is missing from the origin. The kernel keeps what was
+read in its page cache (``keep_cache``), so clones mapping the same file
+privately share those pages, as they share a local image's.
+
+QEMU opens a memory backend file read-write even for a private mapping, so
+opens for writing are allowed and writes refused. libvirt may chown disk
+images it hands to QEMU; attribute changes are accepted and ignored.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+from typing import Any
+
+import pyfuse3
+
+from nova_clonedriver.pageserver import remote as remote_mod
+
+LOG = logging.getLogger(__name__)
+
+ROOT_INODE = pyfuse3.ROOT_INODE
+ATTR_TIMEOUT_S = 1.0
+
+
+class PagesFS(pyfuse3.Operations):
+    def __init__(self, remote: remote_mod.RemoteGenerations) -> None:
+        super().__init__()
+        self.remote = remote
+        # Stable inode numbers for (generation id, file name or "").
+        self._inodes: dict[tuple[str, str], int] = {}
+        self._paths: dict[int, tuple[str, str]] = {}
+
+    def _inode(self, generation_id: str, name: str) -> int:
+        key = (generation_id, name)
+        if key not in self._inodes:
+            inode = ROOT_INODE + 1 + len(self._inodes)
+            self._inodes[key] = inode
+            self._paths[inode] = key
+        return self._inodes[key]
+
+    def _resolve(self, inode: int) -> tuple[remote_mod.Presented, str]:
+        if inode not in self._paths:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        generation_id, name = self._paths[inode]
+        presented = self.remote.presented.get(generation_id)
+        if presented is None or (name and name not in presented.names):
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return presented, name
+
+    def _attributes(self, inode: int) -> pyfuse3.EntryAttributes:
+        attrs = pyfuse3.EntryAttributes()
+        attrs.st_ino = inode
+        attrs.st_uid = attrs.st_gid = 0
+        attrs.entry_timeout = attrs.attr_timeout = ATTR_TIMEOUT_S
+        attrs.st_blksize = 4096
+        name = ""
+        if inode != ROOT_INODE:
+            presented, name = self._resolve(inode)
+        if not name:
+            attrs.st_mode = stat.S_IFDIR | 0o755
+            attrs.st_nlink = 2
+            return attrs
+        cached = presented.files[presented.names[name]]
+        attrs.st_mode = stat.S_IFREG | 0o444
+        attrs.st_nlink = 1
+        attrs.st_size = cached.size_bytes
+        attrs.st_blocks = cached.cached_bytes() // 512
+        created_ns = int(os.stat(presented.generation.device_stream).st_mtime_ns)
+        attrs.st_atime_ns = attrs.st_mtime_ns = attrs.st_ctime_ns = created_ns
+        return attrs
+
+    async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
+        return self._attributes(inode)
+
+    async def setattr(self, inode: int, attr: Any, fields: Any, fh: Any,
+                      ctx: Any) -> pyfuse3.EntryAttributes:
+        if fields.update_size:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        return self._attributes(inode)
+
+    async def lookup(self, parent_inode: int, name: bytes,
+                     ctx: Any = None) -> pyfuse3.EntryAttributes:
+        decoded = os.fsdecode(name)
+        if parent_inode == ROOT_INODE:
+            if decoded not in self.remote.presented:
+                raise pyfuse3.FUSEError(errno.ENOENT)
+            return self._attributes(self._inode(decoded, ""))
+        presented, parent_name = self._resolve(parent_inode)
+        if parent_name or decoded not in presented.names:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return self._attributes(self._inode(presented.generation.id, decoded))
+
+    async def opendir(self, inode: int, ctx: Any) -> int:
+        if inode != ROOT_INODE:
+            _, name = self._resolve(inode)
+            if name:
+                raise pyfuse3.FUSEError(errno.ENOTDIR)
+        return inode
+
+    async def readdir(self, fh: int, start_id: int, token: Any) -> None:
+        if fh == ROOT_INODE:
+            entries = [(g, self._inode(g, "")) for g in sorted(self.remote.presented)]
+        else:
+            presented, _ = self._resolve(fh)
+            generation_id = presented.generation.id
+            entries = [(n, self._inode(generation_id, n)) for n in sorted(presented.names)]
+        for index, (name, inode) in enumerate(entries[start_id:], start_id + 1):
+            if not pyfuse3.readdir_reply(token, os.fsencode(name),
+                                         self._attributes(inode), index):
+                break
+
+    async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
+        presented, name = self._resolve(inode)
+        if not name:
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        if flags & os.O_TRUNC:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        presented.open_handles += 1
+        return pyfuse3.FileInfo(fh=inode, keep_cache=True)
+
+    async def read(self, fh: int, offset: int, size: int) -> bytes:
+        presented, name = self._resolve(fh)
+        cached = presented.files[presented.names[name]]
+        end = min(offset + size, cached.size_bytes)
+        if offset >= end:
+            return b""
+        first, last = offset // cached.chunk_size_bytes, (end - 1) // cached.chunk_size_bytes
+        try:
+            await presented.ensure(presented.names[name], list(range(first, last + 1)))
+        except Exception as exc:
+            LOG.error("Read of %s/%s at %d failed: %s", presented.generation.id, name,
+                      offset, exc)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+        return cached.read(offset, end - offset)
+
+    async def write(self, fh: int, offset: int, buf: bytes) -> int:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def release(self, fh: int) -> None:
+        presented = self.remote.presented.get(self._paths.get(fh, ("", ""))[0])
+        if presented is not None:
+            presented.open_handles -= 1
+
+    async def access(self, inode: int, mode: int, ctx: Any) -> bool:
+        return True
+
+    async def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:
+        data = pyfuse3.StatvfsData()
+        data.f_bsize = data.f_frsize = 4096
+        data.f_namemax = 255
+        return data

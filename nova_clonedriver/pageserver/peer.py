@@ -1,0 +1,168 @@
+"""The connection of this node's page service to an origin node's.
+
+One TLS connection per origin carries every request, several at a time
+(pipelined): replies come back in request order and are matched to their
+request by id. A request that fails because the connection broke, or that
+gets no reply, is sent again on a new connection until ``timeout_s`` has
+passed since its first failure; then it fails with ``OriginUnavailable``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import ssl
+import time
+from typing import Any
+
+from nova_clonedriver.pageserver import protocol
+from nova_clonedriver.pageserver.protocol import Kind
+
+LOG = logging.getLogger(__name__)
+
+RECONNECT_DELAY_S = 0.5
+
+
+class OriginUnavailable(Exception):
+    """The origin did not answer within the fetch timeout."""
+
+
+class _ConnectionLost(Exception):
+    pass
+
+
+class _Pending:
+    def __init__(self, expected_replies: int) -> None:
+        self.expected = expected_replies
+        self.replies: list[tuple[int, bytes]] = []  # (flags, payload)
+        self.done: asyncio.Future = asyncio.get_running_loop().create_future()
+
+
+class OriginClient:
+    def __init__(self, address: str, ssl_context: ssl.SSLContext,
+                 timeout_s: float, max_inflight: int) -> None:
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"origin address {address!r} is not <host>:<port>")
+        self.address = address
+        self._host, self._port = host.strip("[]"), int(port)
+        self._ssl = ssl_context
+        self._timeout_s = timeout_s
+        self._slots = asyncio.Semaphore(max_inflight)
+        self._ids = itertools.count(1)
+        self._connect_lock = asyncio.Lock()
+        self._writer: asyncio.StreamWriter | None = None
+        self._pending: dict[int, _Pending] = {}
+
+    async def request_json(self, kind: Kind, data: dict[str, Any]) -> dict[str, Any]:
+        replies = await self._request(kind, json.dumps(data).encode(), 1)
+        return protocol.decode_json(replies[0][1])
+
+    async def fetch(self, generation_id: str, file_number: int,
+                    chunks: list[int]) -> dict[int, bytes | None]:
+        """The chunks' bytes (``None``: all zeros), as the origin sent them."""
+        payload = protocol.encode_fetch(generation_id, file_number, chunks)
+        replies = await self._request(Kind.FETCH, payload, len(chunks))
+        result: dict[int, bytes | None] = {}
+        for flags, data in replies:
+            chunk, content = protocol.decode_data(flags, data)
+            result[chunk] = content
+        if sorted(result) != sorted(chunks):
+            raise protocol.ProtocolError("the origin sent other chunks than asked for")
+        return result
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    async def _request(self, kind: Kind, payload: bytes,
+                       expected_replies: int) -> list[tuple[int, bytes]]:
+        deadline = time.monotonic() + self._timeout_s
+        async with self._slots:
+            while True:
+                try:
+                    return await asyncio.wait_for(
+                        self._attempt(kind, payload, expected_replies),
+                        max(0.1, deadline - time.monotonic()))
+                except asyncio.TimeoutError:
+                    raise OriginUnavailable(
+                        f"origin {self.address} sent no reply within "
+                        f"{self._timeout_s} s") from None
+                except (_ConnectionLost, OSError) as exc:
+                    if time.monotonic() >= deadline:
+                        raise OriginUnavailable(
+                            f"origin {self.address} unreachable for "
+                            f"{self._timeout_s} s: {exc}") from exc
+                    LOG.warning("Request to origin %s failed (%s); retrying",
+                                self.address, exc)
+                    await asyncio.sleep(RECONNECT_DELAY_S)
+
+    async def _attempt(self, kind: Kind, payload: bytes,
+                       expected_replies: int) -> list[tuple[int, bytes]]:
+        writer = await self._connection()
+        request_id = next(self._ids)
+        pending = _Pending(expected_replies)
+        self._pending[request_id] = pending
+        try:
+            writer.write(protocol.HEADER.pack(protocol.MAGIC, kind, 0, request_id,
+                                              len(payload)) + payload)
+            await writer.drain()
+            return await pending.done
+        except ConnectionError as exc:
+            raise _ConnectionLost(str(exc)) from exc
+        finally:
+            self._pending.pop(request_id, None)
+
+    async def _connection(self) -> asyncio.StreamWriter:
+        async with self._connect_lock:
+            if self._writer is None or self._writer.is_closing():
+                reader, writer = await asyncio.open_connection(
+                    self._host, self._port, ssl=self._ssl, server_hostname=self._host)
+                self._writer = writer
+                asyncio.get_running_loop().create_task(self._read_replies(reader, writer))
+                LOG.info("Connected to origin %s", self.address)
+            return self._writer
+
+    async def _read_replies(self, reader: asyncio.StreamReader,
+                            writer: asyncio.StreamWriter) -> None:
+        reason: Exception = _ConnectionLost("connection closed by the origin")
+        try:
+            while True:
+                kind, flags, request_id, payload = await protocol.read_message(
+                    reader, protocol.MAX_REPLY_BYTES)
+                pending = self._pending.get(request_id)
+                if kind == Kind.ERROR:
+                    message = protocol.decode_json(payload).get("error", "error")
+                    if pending is None:  # not about one request: the origin hangs up
+                        reason = _ConnectionLost(f"origin error: {message}")
+                        break
+                    _finish(pending, exception=protocol.RemoteError(message))
+                    continue
+                if pending is None:
+                    raise protocol.ProtocolError(f"reply to unknown request {request_id}")
+                pending.replies.append((flags, payload))
+                if len(pending.replies) == pending.expected:
+                    _finish(pending)
+        except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError) as exc:
+            reason = _ConnectionLost(str(exc) or type(exc).__name__)
+        except protocol.ProtocolError as exc:
+            LOG.error("Origin %s broke the protocol: %s", self.address, exc)
+            reason = _ConnectionLost(str(exc))
+        finally:
+            writer.close()
+            if self._writer is writer:
+                self._writer = None
+            for pending in list(self._pending.values()):
+                _finish(pending, exception=reason)
+
+
+def _finish(pending: _Pending, exception: Exception | None = None) -> None:
+    if pending.done.done():
+        return
+    if exception is None:
+        pending.done.set_result(pending.replies)
+    else:
+        pending.done.set_exception(exception)

@@ -1,0 +1,416 @@
+"""Generations of other nodes, presented on this one.
+
+Attaching a generation OPENs it at its origin (which records that this node
+holds it), fetches its small device state, and publishes it in the local
+snapshot store like a local generation, except that its memory image and
+disk bases are links into the FUSE mount. Clones launched from it map those
+exactly as they map local files; each read the FUSE file system gets turns
+into ``ensure()`` here, which fetches missing chunks (once, however many
+clones ask) into the node's cache.
+
+A periodic reconcile tells origins which clones this node runs, and releases
+a generation (at the origin and in the cache) once no clone here has used
+it for ``release_idle_s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import shutil
+import ssl
+import time
+from typing import Any
+
+from nova_clonedriver.engine import qemuimg
+from nova_clonedriver.engine import store as store_mod
+from nova_clonedriver.pageserver import cache as cache_mod
+from nova_clonedriver.pageserver import origin as origin_mod
+from nova_clonedriver.pageserver import peer as peer_mod
+from nova_clonedriver.pageserver import protocol
+from nova_clonedriver.pageserver import stats as stats_mod
+from nova_clonedriver.pageserver.protocol import Kind
+
+LOG = logging.getLogger(__name__)
+
+PREFETCH_CHOICES = ("none", "working-set", "full")
+MEMORY_FILE_NAME = store_mod.MEMORY_IMAGE_FILE
+BACKGROUND_BATCH_CHUNKS = 16
+
+
+class AttachError(RuntimeError):
+    pass
+
+
+@dataclasses.dataclass
+class Settings:
+    mount_dir: str
+    cache_dir: str
+    fetch_timeout_s: float = 60
+    max_inflight_fetches: int = 8
+    working_set_window_s: float = 20
+    background_fetch_mib_per_s: int = 0
+    release_idle_s: float = 300
+
+
+class Presented:
+    """One remote generation on this node: its cached files by FETCH file
+    number (the device state is a plain local file, so it has none)."""
+
+    def __init__(self, generation: store_mod.Generation, client: peer_mod.OriginClient,
+                 files: dict[int, cache_mod.CachedFile], names: dict[str, int],
+                 stats: stats_mod.GenerationStats, working_set_window_s: float) -> None:
+        self.generation = generation
+        self.window_s = working_set_window_s
+        self.client = client
+        self.files = files
+        self.names = names  # file name in the FUSE folder -> file number
+        self.stats = stats
+        self.told_clones: list[str] | None = None
+        self.open_handles = 0  # FUSE opens: QEMU processes mapping its files
+        self.attaching = 0  # attach calls (prefetches) under way
+        self.last_used = time.monotonic()
+        self.recording: list[int] | None = None
+        self.record_until = 0.0
+        self._inflight: dict[tuple[int, int], asyncio.Future] = {}
+        self.background: asyncio.Task | None = None
+
+    def busy(self) -> bool:
+        """Whether files are open, chunks on their way or an attach under way."""
+        return bool(self.open_handles or self._inflight or self.attaching)
+
+    async def ensure(self, file_number: int, chunks: list[int]) -> None:
+        """Return once all ``chunks`` of the file are in the cache; raises
+        OriginUnavailable, RemoteError or CorruptChunk when they cannot be."""
+        cached = self.files[file_number]
+        self.last_used = time.monotonic()
+        waits, wanted = [], []
+        for chunk in chunks:
+            if cached.present[chunk]:
+                self.stats.counters["cache_hits"] += 1
+            elif (file_number, chunk) in self._inflight:
+                self.stats.counters["waits_on_inflight_fetch"] += 1
+                waits.append(self._inflight[(file_number, chunk)])
+            else:
+                future = asyncio.get_running_loop().create_future()
+                self._inflight[(file_number, chunk)] = future
+                waits.append(future)
+                wanted.append(chunk)
+        if wanted and file_number == protocol.MEMORY_FILE and self.recording is not None:
+            self._record(wanted)
+        step = protocol.MAX_CHUNKS_PER_FETCH
+        await asyncio.gather(*(self._fetch(file_number, wanted[i:i + step])
+                               for i in range(0, len(wanted), step)))
+        for future in waits:
+            await future
+
+    async def _fetch(self, file_number: int, chunks: list[int]) -> None:
+        cached = self.files[file_number]
+        started = time.monotonic()
+        try:
+            data = await self.client.fetch(self.generation.id, file_number, chunks)
+            self.stats.fetch_latency_ms.append((time.monotonic() - started) * 1000)
+            for chunk in chunks:
+                cached.store(chunk, data[chunk])
+                self.stats.counters["chunks_fetched"] += 1
+                self.stats.counters["bytes_fetched"] += len(data[chunk] or b"")
+        except Exception as exc:
+            self.stats.counters["fetch_failures"] += 1
+            LOG.error("Fetching %d chunk(s) of file %d of %s from %s failed: %s",
+                      len(chunks), file_number, self.generation.id, self.client.address, exc)
+            for chunk in chunks:
+                future = self._inflight.pop((file_number, chunk))
+                future.set_exception(exc)
+                future.exception()  # retrieved: waiters may all be gone
+            return
+        for chunk in chunks:
+            self._inflight.pop((file_number, chunk)).set_result(None)
+
+    def _record(self, chunks: list[int]) -> None:
+        now = time.monotonic()
+        if not self.record_until:
+            self.record_until = now + self.window_s
+            asyncio.get_running_loop().call_later(
+                self.window_s, lambda: asyncio.ensure_future(self._send_working_set()))
+        if now < self.record_until:
+            self.recording.extend(chunks)
+
+    async def _send_working_set(self) -> None:
+        chunks = list(dict.fromkeys(self.recording or []))
+        self.recording = None
+        try:
+            await self.client.request_json(Kind.PUT_WORKING_SET, {
+                "generation": self.generation.id, "chunks": chunks})
+            LOG.info("Recorded the working set of %s: %d chunks", self.generation.id,
+                     len(chunks))
+        except Exception as exc:
+            LOG.warning("Could not send the working set of %s to %s: %s",
+                        self.generation.id, self.client.address, exc)
+
+    def close(self) -> None:
+        if self.background is not None:
+            self.background.cancel()
+        for cached in self.files.values():
+            cached.close()
+
+
+class RemoteGenerations:
+    def __init__(self, store: store_mod.SnapshotStore, stats: stats_mod.Stats,
+                 ssl_context: ssl.SSLContext, settings: Settings) -> None:
+        self.store = store
+        self.stats = stats
+        self.settings = settings
+        self._ssl = ssl_context
+        self._origins: dict[str, peer_mod.OriginClient] = {}
+        self.presented: dict[str, Presented] = {}
+        self._attach_lock = asyncio.Lock()
+
+    def load_existing(self) -> None:
+        """Present again what this node held before a restart; cache marks
+        that cannot be trusted are dropped (those chunks are fetched again)."""
+        for generation_id in self.store.generation_ids():
+            try:
+                generation = self.store.load(generation_id)
+            except store_mod.GenerationNotFound as exc:
+                LOG.error("Skipping a damaged generation: %s", exc)
+                continue
+            if generation.origin:
+                presented = self._present(generation, self._file_sizes(generation))
+                dropped = sum(f.forget_unverifiable() for f in presented.files.values())
+                LOG.info("Presenting %s of %s again (%d cached chunks to fetch again)",
+                         generation.id, generation.origin, dropped)
+
+    async def attach(self, generation_id: str, origin: str,
+                     prefetch: str = "none") -> dict[str, Any]:
+        """Make a generation of ``origin`` launchable here; ``prefetch``
+        fetches its working set or all of it before returning."""
+        if prefetch not in PREFETCH_CHOICES:
+            raise AttachError(f"prefetch must be one of {', '.join(PREFETCH_CHOICES)}")
+        async with self._attach_lock:
+            if generation_id in self.store.generation_ids():
+                generation = self.store.load(generation_id)
+                if not generation.origin:
+                    return {"generation": generation_id, "local": True}
+                if generation.origin != origin:
+                    raise AttachError(f"generation {generation_id} is already here, "
+                                      f"from {generation.origin}, not {origin}")
+            else:
+                await self._import(generation_id, origin)
+        presented = self.presented[generation_id]
+        presented.last_used = time.monotonic()
+        result: dict[str, Any] = {"generation": generation_id, "local": False,
+                                  "prefetch": prefetch}
+        if prefetch != "none":
+            presented.attaching += 1
+            try:
+                result.update(await self._prefetch(presented, prefetch))
+            finally:
+                presented.attaching -= 1
+        return result
+
+    async def release(self, generation_id: str) -> None:
+        presented = self.presented.get(generation_id)
+        if presented is None:
+            raise AttachError(f"generation {generation_id} is not presented here")
+        generation = presented.generation
+        if presented.open_handles:
+            raise store_mod.GenerationInUse(
+                f"generation {generation_id} has {presented.open_handles} open file(s)")
+        self.store.remove_generation(generation)  # refused while clones use it
+        del self.presented[generation_id]
+        presented.close()
+        shutil.rmtree(os.path.join(self.settings.cache_dir, generation_id),
+                      ignore_errors=True)
+        self.stats.remote.pop(generation_id, None)
+        try:
+            await presented.client.request_json(Kind.RELEASE, {"generation": generation_id})
+        except Exception as exc:
+            LOG.warning("Released %s here, but its origin %s was not told: %s",
+                        generation_id, presented.client.address, exc)
+        LOG.info("Released generation %s of %s", generation_id, presented.client.address)
+
+    async def reconcile(self) -> None:
+        """Tell origins which clones run here; release what none uses."""
+        for generation_id, presented in list(self.presented.items()):
+            clones = sorted(r.uuid for r in self.store.references(presented.generation))
+            if clones:
+                presented.last_used = time.monotonic()
+            if clones != presented.told_clones:
+                try:
+                    await presented.client.request_json(Kind.OPEN, {
+                        "generation": generation_id, "clones": clones})
+                    presented.told_clones = clones
+                except Exception as exc:
+                    LOG.warning("Could not tell %s about the clones of %s: %s",
+                                presented.client.address, generation_id, exc)
+            if presented.busy():
+                presented.last_used = time.monotonic()
+            idle_s = time.monotonic() - presented.last_used
+            if not clones and idle_s >= self.settings.release_idle_s:
+                LOG.info("No clone has used %s for %.0f s", generation_id, idle_s)
+                await self.release(generation_id)
+
+    def stats_json(self) -> dict[str, Any]:
+        data = self.stats.to_json()
+        for generation_id, presented in self.presented.items():
+            files = {name: presented.files[n] for name, n in presented.names.items()}
+            data["remote"].setdefault(generation_id, {}).update(
+                origin=presented.client.address,
+                chunks_cached={name: sum(f.present) for name, f in files.items()},
+                chunks_total={name: f.chunk_count for name, f in files.items()},
+                cached_mib=round(sum(f.cached_bytes() for f in files.values()) / 2**20, 1))
+        return data
+
+    async def _import(self, generation_id: str, origin: str) -> None:
+        client = self._client(origin)
+        try:
+            reply = await client.request_json(Kind.OPEN, {"generation": generation_id,
+                                                          "clones": []})
+        except protocol.RemoteError as exc:
+            raise AttachError(f"origin {origin} refused generation {generation_id}: "
+                              f"{exc}") from exc
+        except peer_mod.OriginUnavailable as exc:
+            raise AttachError(str(exc)) from exc
+        data, sizes = reply["generation"], reply["file_sizes"]
+        if data.get("id") != generation_id or len(sizes) != 2 + len(data["disks"]):
+            raise AttachError(f"origin {origin} sent inconsistent metadata")
+        generation = store_mod.Generation(**{**data, "origin": origin})
+        partial = self.store.new_generation_dir(generation_id)
+        try:
+            await self._fetch_device_stream(client, generation, sizes[1], partial)
+            generation.directory = partial
+            for name, path in self._links(generation).items():
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                os.symlink(os.path.join(self.settings.mount_dir, generation_id, name), path)
+            self.store.publish(generation, partial)
+        except BaseException:
+            self.store.discard_partial(partial)
+            with contextlib.suppress(Exception):
+                await client.request_json(Kind.RELEASE, {"generation": generation_id})
+            raise
+        presented = self._present(generation, sizes)
+        try:
+            await self._check_backing_files(generation)
+            reply = await client.request_json(Kind.GET_WORKING_SET,
+                                              {"generation": generation_id})
+        except (AttachError, peer_mod.OriginUnavailable, protocol.RemoteError):
+            await self.release(generation_id)
+            raise
+        if not reply["chunks"] and self.settings.working_set_window_s:
+            presented.recording = []  # this node's first clones define it
+        LOG.info("Presenting generation %s of %s (%d MiB of memory, %d disk(s))",
+                 generation_id, origin, generation.memory_bytes >> 20,
+                 len(generation.disks))
+
+    async def _fetch_device_stream(self, client: peer_mod.OriginClient,
+                                   generation: store_mod.Generation, size: int,
+                                   directory: str) -> None:
+        count = origin_mod.chunk_count(size, generation.chunk_size_bytes)
+        chunks: dict[int, bytes | None] = {}
+        step = protocol.MAX_CHUNKS_PER_FETCH
+        for start in range(0, count, step):
+            chunks.update(await client.fetch(generation.id, protocol.DEVICE_FILE,
+                                             list(range(start, min(count, start + step)))))
+        path = os.path.join(directory, store_mod.DEVICE_STREAM_FILE)
+        with open(path, "wb") as f:
+            for chunk in range(count):
+                length = min(generation.chunk_size_bytes,
+                             size - chunk * generation.chunk_size_bytes)
+                f.write(chunks[chunk] if chunks[chunk] is not None else bytes(length))
+        if store_mod.sha256_file(path) != generation.device_stream_sha256:
+            raise AttachError(f"the device state of {generation.id} from "
+                              f"{client.address} fails its checksum")
+
+    def _links(self, generation: store_mod.Generation) -> dict[str, str]:
+        """FUSE file name -> the store path that links to it."""
+        links = {MEMORY_FILE_NAME: generation.memory_image}
+        for disk in generation.disks:
+            links[os.path.basename(disk["base"])] = generation.disk_base(disk)
+        return links
+
+    def _file_sizes(self, generation: store_mod.Generation) -> list[int]:
+        cached = os.path.join(self.settings.cache_dir, generation.id)
+        sizes = [generation.memory_bytes,
+                 os.stat(generation.device_stream).st_size]
+        for number in range(len(generation.disks)):
+            sizes.append(os.stat(os.path.join(
+                cached, f"file-{protocol.DISK_BASE_FILE + number}")).st_size)
+        return sizes
+
+    def _present(self, generation: store_mod.Generation, sizes: list[int]) -> Presented:
+        directory = os.path.join(self.settings.cache_dir, generation.id)
+        os.makedirs(directory, exist_ok=True)
+        files, names = {}, {}
+        for number, name in enumerate(self._links(generation)):
+            file_number = protocol.MEMORY_FILE if number == 0 else number + 1
+            files[file_number] = cache_mod.CachedFile(
+                os.path.join(directory, f"file-{file_number}"), sizes[file_number],
+                generation.chunk_size_bytes,
+                generation.chunks if file_number == protocol.MEMORY_FILE else None)
+            names[name] = file_number
+        presented = Presented(generation, self._client(generation.origin), files, names,
+                              self.stats.remote[generation.id],
+                              self.settings.working_set_window_s)
+        if self.settings.background_fetch_mib_per_s:
+            presented.background = asyncio.get_running_loop().create_task(
+                self._complete_in_background(presented))
+        self.presented[generation.id] = presented
+        return presented
+
+    async def _prefetch(self, presented: Presented, prefetch: str) -> dict[str, Any]:
+        started = time.monotonic()
+        before = presented.stats.counters["bytes_fetched"]
+        if prefetch == "full":
+            wanted = {n: f.missing() for n, f in presented.files.items()}
+        else:
+            reply = await presented.client.request_json(
+                Kind.GET_WORKING_SET, {"generation": presented.generation.id})
+            wanted = {protocol.MEMORY_FILE: reply["chunks"]}
+        await asyncio.gather(*(presented.ensure(n, c) for n, c in wanted.items() if c))
+        elapsed_ms = (time.monotonic() - started) * 1000
+        fetched = presented.stats.counters["bytes_fetched"] - before
+        presented.stats.counters["prefetched_bytes"] += fetched
+        LOG.info("Prefetched %s of %s (%s): %.1f MiB in %.0f ms", prefetch,
+                 presented.generation.id, presented.client.address, fetched / 2**20,
+                 elapsed_ms)
+        return {"prefetched_chunks": sum(len(c) for c in wanted.values()),
+                "prefetched_mib": round(fetched / 2**20, 1),
+                "prefetch_ms": round(elapsed_ms, 1)}
+
+    async def _complete_in_background(self, presented: Presented) -> None:
+        rate = self.settings.background_fetch_mib_per_s * 2**20
+        for number, cached in presented.files.items():
+            missing = cached.missing()
+            for start in range(0, len(missing), BACKGROUND_BATCH_CHUNKS):
+                batch = missing[start:start + BACKGROUND_BATCH_CHUNKS]
+                try:
+                    await presented.ensure(number, batch)
+                except Exception as exc:
+                    LOG.warning("Background fetch of %s paused: %s",
+                                presented.generation.id, exc)
+                await asyncio.sleep(len(batch) * cached.chunk_size_bytes / rate)
+        LOG.info("Generation %s is complete in the cache", presented.generation.id)
+
+    async def _check_backing_files(self, generation: store_mod.Generation) -> None:
+        """A qcow2 base may have a backing file (a nova master's image in the
+        image cache); it must exist here under the same path."""
+        loop = asyncio.get_running_loop()
+        for disk in generation.disks:
+            if disk["format"] != "qcow2":
+                continue
+            backing = await loop.run_in_executor(
+                None, qemuimg.backing_file, generation.disk_base(disk))
+            if backing and not os.path.exists(backing):
+                raise AttachError(
+                    f"disk {disk['target']} of generation {generation.id} has the "
+                    f"backing file {backing}, which this node does not have")
+
+    def _client(self, origin: str) -> peer_mod.OriginClient:
+        if origin not in self._origins:
+            self._origins[origin] = peer_mod.OriginClient(
+                origin, self._ssl, self.settings.fetch_timeout_s,
+                self.settings.max_inflight_fetches)
+        return self._origins[origin]

@@ -1,0 +1,150 @@
+"""nova-clone-pageserver: one per compute node.
+
+Runs, in one asyncio loop: the TLS server that serves this node's
+generations to peers (origin.py), the FUSE file system that presents other
+nodes' generations here (fusefs.py, remote.py), the local control socket
+(control.py), and the periodic reconcile that keeps origins' reference
+counts right and frees what no clone uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import signal
+import subprocess
+from typing import Any
+
+import pyfuse3
+import pyfuse3.asyncio
+
+from nova_clonedriver.engine import store as store_mod
+from nova_clonedriver.pageserver import control
+from nova_clonedriver.pageserver import fusefs
+from nova_clonedriver.pageserver import origin as origin_mod
+from nova_clonedriver.pageserver import remote as remote_mod
+from nova_clonedriver.pageserver import stats as stats_mod
+from nova_clonedriver.pageserver import tls
+
+LOG = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class ServiceConfig:
+    state_dir: str
+    listen_host: str
+    listen_port: int
+    tls_cert_file: str
+    tls_key_file: str
+    tls_ca_file: str
+    node_name: str | None = None
+    control_socket: str | None = None
+    mount_dir: str | None = None
+    reconcile_interval_s: float = 10
+    remote: dict[str, Any] = dataclasses.field(default_factory=dict)  # remote.Settings
+
+    def socket_path(self) -> str:
+        return self.control_socket or default_socket(self.state_dir)
+
+
+def default_socket(state_dir: str) -> str:
+    return os.path.join(state_dir, "pageserver.sock")
+
+
+class PageService:
+    def __init__(self, config: ServiceConfig) -> None:
+        self.config = config
+        self.node = tls.own_name(config.tls_cert_file)
+        if config.node_name and config.node_name != self.node:
+            raise tls.CertificateError(
+                f"[pageserver] node_name is {config.node_name} but the certificate "
+                f"{config.tls_cert_file} is for {self.node}")
+        self.store = store_mod.SnapshotStore(config.state_dir)
+        self.stats = stats_mod.Stats()
+        self.mount_dir = config.mount_dir or os.path.join(config.state_dir, "remote")
+        self._stop = asyncio.Event()
+        self.remote: remote_mod.RemoteGenerations | None = None
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        config = self.config
+        self._stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._stop.set)
+        certs = (config.tls_cert_file, config.tls_key_file, config.tls_ca_file)
+        origin = origin_mod.OriginServer(self.store, self.stats)
+        tcp = await asyncio.start_server(origin.handle, config.listen_host,
+                                         config.listen_port,
+                                         ssl=tls.server_context(*certs))
+        self.remote = remote_mod.RemoteGenerations(
+            self.store, self.stats, tls.client_context(*certs),
+            remote_mod.Settings(mount_dir=self.mount_dir,
+                                cache_dir=os.path.join(config.state_dir, "page-cache"),
+                                **config.remote))
+        self.remote.load_existing()
+        _mount(self.remote, self.mount_dir)
+        fuse_task = loop.create_task(pyfuse3.main())
+        controls = await control.serve(config.socket_path(), self._control)
+        reconcile = loop.create_task(self._reconcile_forever())
+        LOG.info("Page service of node %s: peers on %s:%d, control on %s, remote "
+                 "generations under %s", self.node, config.listen_host,
+                 config.listen_port, config.socket_path(), self.mount_dir)
+        try:
+            await self._stop.wait()
+        finally:
+            LOG.info("Page service of node %s stopping", self.node)
+            for task in (reconcile, fuse_task):
+                task.cancel()
+            for server in (tcp, controls):
+                server.close()
+            pyfuse3.close(unmount=True)
+            for presented in self.remote.presented.values():
+                presented.close()
+
+    async def _control(self, request: dict[str, Any]) -> dict[str, Any]:
+        operation = request.get("op")
+        assert self.remote is not None
+        if operation == "attach":
+            return await self.remote.attach(str(request.get("generation")),
+                                            str(request.get("origin")),
+                                            str(request.get("prefetch", "none")))
+        if operation == "release":
+            await self.remote.release(str(request.get("generation")))
+            return {}
+        if operation == "stats":
+            return {"node": self.node, **self.remote.stats_json()}
+        raise ValueError(f"unknown operation {operation!r}")
+
+    async def _reconcile_forever(self) -> None:
+        assert self.remote is not None
+        while True:
+            await asyncio.sleep(self.config.reconcile_interval_s)
+            try:
+                await self.remote.reconcile()
+            except Exception:
+                LOG.exception("Reconcile failed; trying again in %s s",
+                              self.config.reconcile_interval_s)
+
+
+def _mount(remote: remote_mod.RemoteGenerations, mount_dir: str) -> None:
+    """Mount the FUSE file system, replacing a mount a crashed run left."""
+    if os.path.abspath(mount_dir) in _mount_points():
+        LOG.warning("Unmounting %s left by an earlier run", mount_dir)
+        with contextlib.suppress(subprocess.CalledProcessError):
+            subprocess.run(["fusermount3", "-u", "-z", mount_dir], check=True,
+                           capture_output=True)
+    os.makedirs(mount_dir, exist_ok=True)
+    pyfuse3.asyncio.enable()
+    pyfuse3.init(fusefs.PagesFS(remote), mount_dir,
+                 {"fsname=nova-clone-pages", "allow_other"})
+
+
+def _mount_points() -> set[str]:
+    with open("/proc/self/mounts") as f:
+        return {line.split()[1] for line in f}

@@ -1,0 +1,56 @@
+"""Counters of the page service, per generation (and per peer at origins)."""
+
+from __future__ import annotations
+
+import collections
+import statistics
+from typing import Any
+
+LATENCY_SAMPLES = 10000
+
+
+class GenerationStats:
+    """What one node did for one generation presented on it."""
+
+    def __init__(self) -> None:
+        self.counters: collections.Counter[str] = collections.Counter()
+        self.fetch_latency_ms: collections.deque[float] = collections.deque(
+            maxlen=LATENCY_SAMPLES)
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = dict(self.counters)
+        samples = sorted(self.fetch_latency_ms)
+        if samples:
+            data["fetch_latency_ms"] = {
+                "p50": round(statistics.median(samples), 2),
+                "p99": round(samples[min(len(samples) - 1, int(len(samples) * 0.99))], 2),
+                "samples": len(samples)}
+        return data
+
+
+class Stats:
+    def __init__(self) -> None:
+        self.remote: dict[str, GenerationStats] = collections.defaultdict(GenerationStats)
+        self.origin: collections.Counter[str] = collections.Counter()
+        # generation -> peer -> counters
+        self.served_to: dict[str, dict[str, collections.Counter[str]]] = (
+            collections.defaultdict(lambda: collections.defaultdict(collections.Counter)))
+
+    def count_origin(self, what: str) -> None:
+        self.origin[what] += 1
+
+    def served(self, generation_id: str, peer: str, nbytes: int) -> None:
+        counters = self.served_to[generation_id][peer]
+        counters["chunks_served"] += 1
+        counters["bytes_served"] += nbytes
+        if not nbytes:
+            counters["zero_chunks_served"] += 1
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "origin": {
+                "requests": dict(self.origin),
+                "generations": {g: {p: dict(c) for p, c in peers.items()}
+                                for g, peers in self.served_to.items()}},
+            "remote": {g: s.to_json() for g, s in self.remote.items()},
+        }

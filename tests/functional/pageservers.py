@@ -1,0 +1,87 @@
+"""Real nova-clone-pageserver processes standing in for compute nodes.
+
+Each "node" is a daemon with its own state dir (snapshot store), port,
+certificate and FUSE mount, all on this machine: a clone launched from
+node B's store reads its memory through B's FUSE mount and B's TLS
+connection to node A, exactly as it would across hosts.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from nova_clonedriver.pageserver import control
+from tests import pki as pki_mod
+
+DAEMON = os.path.join(os.path.dirname(sys.executable), "nova-clone-pageserver")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Node:
+    def __init__(self, name: str, root: str, pki: pki_mod.TestPKI, **options: object) -> None:
+        self.name = name
+        self.state_dir = os.path.join(root, name)
+        os.makedirs(self.state_dir, exist_ok=True)
+        os.chmod(self.state_dir, 0o711)
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.cert_file, self.key_file = pki.node(name)
+        self.ca_file = pki.ca_file
+        self.config_file = os.path.join(root, f"{name}.conf")
+        self.log_file = os.path.join(root, f"{name}.log")
+        settings = {"listen_host": "127.0.0.1", "listen_port": self.port,
+                    "tls_cert_file": self.cert_file, "tls_key_file": self.key_file,
+                    "tls_ca_file": pki.ca_file, "reconcile_interval_s": 1,
+                    "release_idle_s": 3, "fetch_timeout_s": 10, **options}
+        with open(self.config_file, "w") as f:
+            f.write(f"[clone]\nstate_dir = {self.state_dir}\n[pageserver]\n")
+            f.writelines(f"{k} = {v}\n" for k, v in settings.items())
+        self.client = control.PageServiceClient(
+            os.path.join(self.state_dir, "pageserver.sock"), timeout_s=120)
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        log = open(self.log_file, "a")  # noqa: SIM115 - the daemon writes it
+        self.process = subprocess.Popen(
+            [DAEMON, "--config-file", self.config_file, "--debug"],
+            stdout=log, stderr=log)
+        log.close()
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                self.client.stats()
+                return
+            except control.PageServiceError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"page service {self.name} did not start:\n"
+                                       + self.log()) from None
+                time.sleep(0.2)
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.process is None:
+            return 0
+        self.process.send_signal(sig)
+        code = self.process.wait(30)
+        self.process = None
+        mount = os.path.join(self.state_dir, "remote")
+        if sig == signal.SIGTERM and os.path.ismount(mount):
+            subprocess.run(["fusermount3", "-u", "-z", mount], check=False)
+        return code
+
+    def log(self) -> str:
+        """What the daemon logged, without its debug messages."""
+        with open(self.log_file) as f:
+            return "".join(line for line in f if " DEBUG " not in line)[-20000:]
+
+    def mount_path(self, generation_id: str, name: str = "memory.img") -> str:
+        return os.path.join(self.state_dir, "remote", generation_id, name)
