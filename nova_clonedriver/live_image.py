@@ -3,6 +3,7 @@
 LIVE = "clone_live"  # set by the user on createImage: bless instead of copy
 GENERATION = "clone_generation"
 ORIGIN_HOST = "clone_origin_host"
+ORIGIN_ADDRESS = "clone_origin_address"  # host:port of the origin's page service
 MASTER = "clone_master"
 MEMORY_MB = "clone_memory_mb"
 VCPUS = "clone_vcpus"

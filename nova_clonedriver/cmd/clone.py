@@ -27,6 +27,7 @@ import pbr.version
 from nova_clonedriver import conf
 from nova_clonedriver.cmd import progress as progress_mod
 from nova_clonedriver.engine import api
+from nova_clonedriver.pageserver import control
 
 CONF = conf.CONF
 NAME = "nova-clone"
@@ -36,7 +37,7 @@ DEFAULT_CONFIG_FILES = ["/etc/nova/nova.conf", "/etc/nova/nova-compute.conf"]
 # Failures an operator can act on: one line on stderr, exit status 1.
 ERRORS: tuple[type[BaseException], ...] = (
     api.BlessError, api.LaunchError, api.GenerationNotFound, api.GenerationInUse,
-    api.CloneNotFound, cfg.Error, libvirt.libvirtError)
+    api.CloneNotFound, cfg.Error, libvirt.libvirtError, control.PageServiceError)
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -213,6 +214,11 @@ class CloneApp(app.App):
 
     def connection(self) -> libvirt.virConnect:
         return libvirt.open(CONF.clone.libvirt_uri)
+
+    def page_service(self) -> control.PageServiceClient:
+        """This node's page service, through its control socket."""
+        return control.PageServiceClient(control.socket_path(
+            CONF.clone.state_dir, CONF.pageserver.control_socket))
 
     def engine(self) -> api.CloneEngine:
         return api.CloneEngine(

@@ -22,6 +22,7 @@ from nova_clonedriver import demo as demo_mod
 from nova_clonedriver.cmd import clone as clone_app
 from nova_clonedriver.cmd import progress as progress_mod
 from nova_clonedriver.engine import api
+from nova_clonedriver.pageserver.remote import PREFETCH_CHOICES
 
 SNAPSHOT_HELP = ("the snapshot: its generation id as 'nova-clone list' shows it, "
                  "or any unique prefix of that id")
@@ -371,3 +372,74 @@ Examples:
             return self.app.fail("the demo found problems with some clones "
                                  "(see 'problems' in its report)")
         return status
+
+
+class Attach(_Base, show.ShowOne):
+    """Present a snapshot of another node here, to launch clones of it.
+
+    Asks this node's page service (nova-clone-pageserver) to open the
+    snapshot at its origin node's page service and publish it in this
+    node's store; 'nova-clone launch' then starts clones of it whose memory
+    (and frozen disks) are fetched on first touch, once per node. The nova
+    driver does this by itself for live images of other hosts.
+    """
+
+    _epilog = """\
+Examples:
+  nova-clone attach 3f2a9c0d1e2b4a5f8c7d6e5f4a3b2c1d --origin 10.0.0.11:8797
+  nova-clone attach 3f2a... --origin compute-1:8797 --prefetch working-set"""
+
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
+        parser = super().get_parser(prog_name)
+        parser.add_argument("snapshot", metavar="SNAPSHOT",
+                            help="the snapshot's full generation id (as its origin's "
+                                 "'nova-clone list' or the live image shows it)")
+        parser.add_argument("--origin", metavar="HOST:PORT", required=True,
+                            help="the page service of the node the snapshot was "
+                                 "blessed on")
+        parser.add_argument("--prefetch", choices=PREFETCH_CHOICES, default="none",
+                            help="fetch up front: nothing (pages on first touch), "
+                                 "the working set the first node's clones touched, "
+                                 "or everything (default: none)")
+        return parser
+
+    def take_action(self, parsed_args: argparse.Namespace) -> tuple[Any, Any]:
+        reply = self.app.page_service().attach(parsed_args.snapshot, parsed_args.origin,
+                                               parsed_args.prefetch)
+        return tuple(reply), tuple(formattable(v) for v in reply.values())
+
+
+class Release(_Base, command.Command):
+    """Drop a snapshot of another node from this one (refused while any
+    clone here uses it); its origin forgets this node's reference."""
+
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
+        parser = super().get_parser(prog_name)
+        parser.add_argument("snapshot", metavar="SNAPSHOT",
+                            help="the snapshot's full generation id")
+        return parser
+
+    def take_action(self, parsed_args: argparse.Namespace) -> int:
+        self.app.page_service().release(parsed_args.snapshot)
+        self.app.stdout.write(f"released {parsed_args.snapshot}\n")
+        return 0
+
+
+class PageStats(_Base, lister.Lister):
+    """Show what this node's page service fetched and served, per snapshot.
+
+    Remote snapshots (presented here): chunks cached of each file, bytes
+    fetched, cache hits, fetch failures, fetch latency p50/p99. Snapshots
+    of this node: chunks and bytes served to each peer node.
+    """
+
+    COLUMNS = ("generation", "role", "peer", "counters")
+
+    def take_action(self, parsed_args: argparse.Namespace) -> tuple[Any, Any]:
+        stats = self.app.page_service().stats()
+        rows = [(generation, "remote", data.pop("origin", "-"), formattable(data))
+                for generation, data in stats["remote"].items()]
+        for generation, peers in stats["origin"]["generations"].items():
+            rows += [(generation, "origin", peer, formattable(counters))
+                     for peer, counters in peers.items()]
+        return self.COLUMNS, rows

@@ -16,9 +16,11 @@ OPTS = [
     cfg.HostAddressOpt("listen_host", default="0.0.0.0",  # noqa: S104 - peers reach it
                        help="Address peers connect to."),
     cfg.PortOpt("listen_port", default=8797,
-                help="TCP port of the page service (the same on every node: "
-                     "the nova driver reaches an origin node at "
-                     "<its host name>:<this port>)."),
+                help="TCP port of the page service."),
+    cfg.StrOpt("advertise_address",
+               help="<host>:<port> at which other nodes reach this node's page "
+                    "service; live images blessed here carry it. Defaults to "
+                    "nova's [DEFAULT] my_ip and listen_port."),
     cfg.StrOpt("tls_cert_file", default="/etc/nova-clonedriver/pki/node.crt",
                help="This node's certificate (PEM), used as server and as "
                     "client certificate. Needs both the serverAuth and "

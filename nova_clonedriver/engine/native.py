@@ -9,12 +9,13 @@ bless would hang. nova's services and tests may run under eventlet.
 
 from __future__ import annotations
 
+import sys
 import threading
 
 
 def thread_class() -> type[threading.Thread]:
-    try:
-        from eventlet import patcher
-    except ImportError:
+    eventlet = sys.modules.get("eventlet")
+    if eventlet is None:  # not imported: nothing can have been patched
         return threading.Thread
+    from eventlet import patcher
     return patcher.original("threading").Thread

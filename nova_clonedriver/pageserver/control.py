@@ -21,8 +21,17 @@ MAX_LINE_BYTES = 64 * 1024
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
+def socket_path(state_dir: str, configured: str | None = None) -> str:
+    """[pageserver] control_socket, by default in the [clone] state_dir."""
+    return configured or os.path.join(state_dir, "pageserver.sock")
+
+
 class PageServiceError(RuntimeError):
-    """The page service refused a request or cannot be reached."""
+    """The page service refused a request."""
+
+
+class PageServiceUnavailable(PageServiceError):
+    """The page service of this node does not answer."""
 
 
 async def serve(path: str, handler: Handler) -> asyncio.AbstractServer:
@@ -80,10 +89,10 @@ class PageServiceClient:
                 with sock.makefile("rb") as replies:
                     line = replies.readline()
         except OSError as exc:
-            raise PageServiceError(
+            raise PageServiceUnavailable(
                 f"the page service does not answer on {self.path}: {exc}") from exc
         if not line:
-            raise PageServiceError("the page service closed the connection")
+            raise PageServiceUnavailable("the page service closed the connection")
         reply = json.loads(line)
         if not reply.pop("ok"):
             raise PageServiceError(reply["error"])

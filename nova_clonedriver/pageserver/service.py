@@ -47,11 +47,7 @@ class ServiceConfig:
     remote: dict[str, Any] = dataclasses.field(default_factory=dict)  # remote.Settings
 
     def socket_path(self) -> str:
-        return self.control_socket or default_socket(self.state_dir)
-
-
-def default_socket(state_dir: str) -> str:
-    return os.path.join(state_dir, "pageserver.sock")
+        return control.socket_path(self.state_dir, self.control_socket)
 
 
 class PageService:

@@ -31,6 +31,7 @@ from nova_clonedriver import live_image
 from nova_clonedriver.conf import CONF
 from nova_clonedriver.engine import api
 from nova_clonedriver.engine import hostmem
+from nova_clonedriver.pageserver import control
 from nova_clonedriver.virt import extra_specs
 from nova_clonedriver.virt import live_images
 
@@ -80,6 +81,8 @@ class CloneDriver(libvirt_driver.LibvirtDriver):
         properties.update({
             live_image.GENERATION: generation.id,
             live_image.ORIGIN_HOST: CONF.host,
+            live_image.ORIGIN_ADDRESS: (CONF.pageserver.advertise_address or
+                                        f"{CONF.my_ip}:{CONF.pageserver.listen_port}"),
             live_image.MASTER: instance.uuid,
             live_image.MEMORY_MB: str(generation.memory_bytes >> 20),
             live_image.VCPUS: str(generation.vcpus),
@@ -110,7 +113,8 @@ class CloneDriver(libvirt_driver.LibvirtDriver):
             self._check_free_memory(generation)
             self._launch_clone(instance, image_meta, generation.id, network_info or [])
             return
-        generation_id = self._live_generation(context, instance)
+        properties = self._live_image_properties(context, instance)
+        generation_id = properties.get(live_image.GENERATION)
         if generation_id is None and not clone:
             return super().spawn(context, instance, image_meta, injected_files,
                                  admin_password, allocations, network_info,
@@ -126,7 +130,8 @@ class CloneDriver(libvirt_driver.LibvirtDriver):
                 image_id=instance.image_ref,
                 reason=f"the image is a live image; boot it with a clone flavor "
                        f"({extra_specs.ENABLED}=true) (generation {generation_id})")
-        generation = self._generation_for(instance, generation_id)
+        generation = self._generation_for(instance, generation_id,
+                                          properties.get(live_image.ORIGIN_ADDRESS))
         self._check_free_memory(generation)
         self._launch_clone(instance, image_meta, generation.id, network_info or [])
 
@@ -189,11 +194,10 @@ class CloneDriver(libvirt_driver.LibvirtDriver):
                            block_device_info, bad_volumes_callback, accel_info,
                            share_info)
 
-    def _live_generation(self, context: Any, instance: Any) -> str | None:
+    def _live_image_properties(self, context: Any, instance: Any) -> dict[str, str]:
         if not instance.image_ref:
-            return None
-        image = self._image_api.get(context, instance.image_ref)
-        return image.get("properties", {}).get(live_image.GENERATION)
+            return {}
+        return self._image_api.get(context, instance.image_ref).get("properties", {})
 
     def _fork_generation(self, instance: Any, master_uuid: str) -> api.Generation:
         """A generation of the running server ``master_uuid``: one blessed in
@@ -221,16 +225,38 @@ class CloneDriver(libvirt_driver.LibvirtDriver):
                 reason=f"{live_image.CLONE_OF}={master_uuid}: cannot fork this server "
                        f"on host {CONF.host}: {message}") from exc
 
-    def _generation_for(self, instance: Any, generation_id: str) -> api.Generation:
-        try:
-            generation = self.clone_engine.store.load(generation_id)
-        except api.GenerationNotFound as exc:
-            raise exception.ImageUnacceptable(
-                image_id=instance.image_ref,
-                reason=f"snapshot generation {generation_id} is not on host "
-                       f"{CONF.host} (remote launch needs the page service)") from exc
+    def _generation_for(self, instance: Any, generation_id: str,
+                        origin_address: str | None) -> api.Generation:
+        """The generation from this host's store; one blessed on another host
+        is attached through this host's page service first."""
+        if generation_id not in self.clone_engine.store.generation_ids():
+            if not origin_address:
+                raise exception.ImageUnacceptable(
+                    image_id=instance.image_ref,
+                    reason=f"snapshot generation {generation_id} is not on host "
+                           f"{CONF.host} and the live image names no origin page "
+                           f"service ({live_image.ORIGIN_ADDRESS})")
+            self._attach(instance, generation_id, origin_address)
+        generation = self.clone_engine.store.load(generation_id)
         self._check_matches(instance, generation)
         return generation
+
+    def _attach(self, instance: Any, generation_id: str, origin_address: str) -> None:
+        prefetch = (instance.flavor.extra_specs or {}).get(extra_specs.PREFETCH, "none")
+        client = control.PageServiceClient(control.socket_path(
+            CONF.clone.state_dir, CONF.pageserver.control_socket))
+        try:
+            reply = client.attach(generation_id, origin_address, prefetch)
+        except control.PageServiceUnavailable as exc:
+            # This host's fault: let nova try another one.
+            raise exception.ComputeResourcesUnavailable(reason=str(exc)) from exc
+        except control.PageServiceError as exc:
+            raise exception.ImageUnacceptable(
+                image_id=instance.image_ref,
+                reason=f"cannot present snapshot generation {generation_id} of "
+                       f"{origin_address} on host {CONF.host}: {exc}") from exc
+        LOG.info("Attached generation %s of %s (prefetch %s: %s)", generation_id,
+                 origin_address, prefetch, reply, instance=instance)
 
     def _check_matches(self, instance: Any, generation: api.Generation) -> None:
         memory_mb = generation.memory_bytes >> 20

@@ -20,7 +20,9 @@ from oslo_config import fixture as config_fixture
 from nova_clonedriver.conf import CONF
 from nova_clonedriver.guest import testguest
 from nova_clonedriver.virt import driver as driver_mod
+from tests import pki as pki_mod
 from tests.functional import base
+from tests.functional import pageservers
 
 
 class FakeImageAPI:
@@ -274,3 +276,49 @@ class TestCloneDriver(base.LibvirtTestCase):
         self.assertIn(f"live image of {ghost.uuid}", str(error))
         self.assertEqual("queued", self.images.get(self.context, image_id)["status"])
         self.assertEqual([], os.listdir(self.driver.clone_engine.store.generations_dir))
+
+    def test_a_live_image_of_another_host_launches_through_the_page_services(self):
+        pki = pki_mod.TestPKI(os.path.join(self.state_dir, "pki"))
+        node_a = pageservers.Node("node-a", self.state_dir, pki)
+        node_b = pageservers.Node("node-b", self.state_dir, pki)
+        self.useFixture(config_fixture.Config(CONF)).config(
+            group="clone", state_dir=node_a.state_dir)
+        self.useFixture(config_fixture.Config(CONF)).config(
+            group="pageserver", advertise_address=node_a.address)
+        for node in (node_a, node_b):
+            node.start()
+            self.addCleanup(node.stop)
+        self.driver = driver_mod.CloneDriver(mock.Mock(), read_only=False)
+        self.driver._image_api = self.images
+        image_id = self._live_image()
+        properties = self.images.get(self.context, image_id)["properties"]
+        self.assertEqual(node_a.address, properties["clone_origin_address"])
+
+        # Host B: its own store and page service, the same Glance.
+        self.useFixture(config_fixture.Config(CONF)).config(host="node-b")
+        self.useFixture(config_fixture.Config(CONF)).config(
+            group="clone", state_dir=node_b.state_dir)
+        driver_b = driver_mod.CloneDriver(mock.Mock(), read_only=False)
+        driver_b._image_api = self.images
+        clone = self._instance(2, 256, {"clone:enabled": "true",
+                                        "clone:prefetch": "working-set"}, image_id)
+        driver_b.spawn(self.context, clone, objects.ImageMeta.from_dict({}),
+                       injected_files=[], admin_password=None, allocations={},
+                       network_info=[])
+        self.addCleanup(driver_b.destroy, self.context, clone, [])
+        agent = testguest.agent_in(os.path.join(self.instances_path, clone.uuid))
+        self.addCleanup(agent.close)
+        agent.wait_ready(timeout_s=60)
+        self.assertEqual(self.pattern, agent.request("checksum")["checksum"])
+        generation = driver_b.clone_engine.store.load(properties["clone_generation"])
+        self.assertEqual(node_a.address, generation.origin)
+        self.assertGreater(node_b.client.stats()["remote"][generation.id]["bytes_fetched"], 0)
+
+        # Host B's page service down: nova is told to try another host.
+        driver_b.destroy(self.context, clone, [])
+        node_b.stop()
+        driver_b.clone_engine.store.remove_generation(generation)  # as if released
+        self.driver = driver_b
+        self.assertRefused(self._instance(3, 256, {"clone:enabled": "true"}, image_id),
+                           exception.ComputeResourcesUnavailable,
+                           "the page service does not answer")

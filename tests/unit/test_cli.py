@@ -18,6 +18,7 @@ from nova_clonedriver.cmd import clone
 from nova_clonedriver.cmd import commands
 from nova_clonedriver.engine import api
 from nova_clonedriver.engine import launch as launch_mod
+from nova_clonedriver.pageserver import control
 
 GEN_ID = "3f2a9c0d" + "0" * 24
 OTHER_ID = "77aa0000" + "1" * 24
@@ -300,6 +301,10 @@ class TestHelp(CLITestCase):
         "destroy": ["CLONE", "name or UUID"],
         "demo": ["--clones N", "--memory-mb MIB", "--guest-dir DIR", "--no-baseline",
                  "-f {", "exit status is 1"],
+        "attach": ["SNAPSHOT", "--origin HOST:PORT", "--prefetch {none,working-set,full}",
+                   "nova-clone-pageserver"],
+        "release": ["SNAPSHOT", "refused while any"],
+        "page stats": ["-f {", "fetch latency p50/p99"],
     }
 
     def test_each_command_lists_its_options(self):
@@ -446,3 +451,49 @@ class TestLaunchCallback(testtools.TestCase):
             side_effect=RuntimeError("progress broke")))
         self.assertEqual(3, len(clones))
         self.assertIn("Progress callback failed", logs.output)
+
+
+class TestPageServiceCommands(CLITestCase):
+    def setUp(self):
+        super().setUp()
+        self.client_class = self.useFixture(fixtures.MockPatch(
+            "nova_clonedriver.pageserver.control.PageServiceClient", autospec=True)).mock
+        self.client = self.client_class.return_value
+
+    def test_attach_asks_the_page_service_on_the_configured_socket(self):
+        self.client.attach.return_value = {"generation": GEN_ID, "local": False,
+                                           "prefetch": "full", "prefetched_mib": 210.5}
+        out, _ = self.run_ok("attach", GEN_ID, "--origin", "10.0.0.11:8797",
+                             "--prefetch", "full", "-f", "json")
+        self.assertEqual(210.5, json.loads(out)["prefetched_mib"])
+        self.client_class.assert_called_once_with(
+            os.path.join(self.state_dir, "pageserver.sock"))
+        self.client.attach.assert_called_once_with(GEN_ID, "10.0.0.11:8797", "full")
+
+    def test_a_bad_prefetch_choice_is_a_usage_error(self):
+        with mock.patch("sys.stderr", new_callable=io.StringIO) as usage:
+            status, _, _ = self.run_cli("attach", GEN_ID, "--origin", "h:1",
+                                        "--prefetch", "most")
+        self.assertEqual(2, status)
+        self.assertIn("invalid choice: 'most'", usage.getvalue())
+        self.client.attach.assert_not_called()
+
+    def test_page_service_errors_are_one_line(self):
+        self.client.release.side_effect = control.PageServiceError(
+            "generation 3f2a is not presented here")
+        status, _, err = self.run_cli("release", GEN_ID)
+        self.assertEqual(1, status)
+        self.assertEqual("nova-clone: error: generation 3f2a is not presented here\n", err)
+
+    def test_page_stats_rows_for_remote_and_served_generations(self):
+        self.client.stats.return_value = {
+            "node": "node-b",
+            "remote": {GEN_ID: {"origin": "10.0.0.11:8797", "bytes_fetched": 5}},
+            "origin": {"requests": {}, "generations": {
+                OTHER_ID: {"node-c": {"chunks_served": 3}}}}}
+        out, _ = self.run_ok("page", "stats", "-f", "json")
+        self.assertEqual([
+            {"generation": GEN_ID, "role": "remote", "peer": "10.0.0.11:8797",
+             "counters": {"bytes_fetched": 5}},
+            {"generation": OTHER_ID, "role": "origin", "peer": "node-c",
+             "counters": {"chunks_served": 3}}], json.loads(out))
