@@ -9,13 +9,18 @@ bless would hang. nova's services and tests may run under eventlet.
 
 from __future__ import annotations
 
-import sys
 import threading
+import warnings
 
 
 def thread_class() -> type[threading.Thread]:
-    eventlet = sys.modules.get("eventlet")
-    if eventlet is None:  # not imported: nothing can have been patched
-        return threading.Thread
-    from eventlet import patcher
+    """Asked at import time, maybe before eventlet patches anything: so the
+    answer must not depend on whether it did yet."""
+    with warnings.catch_warnings():
+        # eventlet warns that it is deprecated on import: not our users' news.
+        warnings.simplefilter("ignore")
+        try:
+            from eventlet import patcher
+        except ImportError:
+            return threading.Thread
     return patcher.original("threading").Thread
