@@ -29,15 +29,16 @@ class TestPKI:
         with open(self.ca_file, "wb") as f:
             f.write(self._ca_cert.public_bytes(serialization.Encoding.PEM))
 
-    def node(self, name: str) -> tuple[str, str]:
+    def node(self, name: str, ips: tuple[str, ...] = ("127.0.0.1",)) -> tuple[str, str]:
         """(certificate file, key file) of a node called ``name``, valid for
-        127.0.0.1 and localhost."""
+        localhost and ``ips``."""
         key = ec.generate_private_key(ec.SECP256R1())
         cert = (self._builder(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]),
                               key.public_key())
                 .add_extension(x509.SubjectAlternativeName([
                     x509.DNSName("localhost"),
-                    x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+                    *(x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips)]),
+                    critical=False)
                 .add_extension(x509.ExtendedKeyUsage([
                     ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
                     critical=False)

@@ -28,18 +28,23 @@ def free_port() -> int:
 
 
 class Node:
-    def __init__(self, name: str, root: str, pki: pki_mod.TestPKI, **options: object) -> None:
+    def __init__(self, name: str, root: str, pki: pki_mod.TestPKI,
+                 listen_host: str = "127.0.0.1", wrapper: tuple[str, ...] = (),
+                 state_dir: str | None = None, **options: object) -> None:
+        """``wrapper``: a command prefix for the daemon (``ip netns exec NS``:
+        a node behind its own network stack)."""
         self.name = name
-        self.state_dir = os.path.join(root, name)
+        self.state_dir = state_dir or os.path.join(root, name)
         os.makedirs(self.state_dir, exist_ok=True)
         os.chmod(self.state_dir, 0o711)
         self.port = free_port()
-        self.address = f"127.0.0.1:{self.port}"
-        self.cert_file, self.key_file = pki.node(name)
+        self.address = f"{listen_host}:{self.port}"
+        self.wrapper = list(wrapper)
+        self.cert_file, self.key_file = pki.node(name, ips=tuple({"127.0.0.1", listen_host}))
         self.ca_file = pki.ca_file
         self.config_file = os.path.join(root, f"{name}.conf")
         self.log_file = os.path.join(root, f"{name}.log")
-        settings = {"listen_host": "127.0.0.1", "listen_port": self.port,
+        settings = {"listen_host": listen_host, "listen_port": self.port,
                     "tls_cert_file": self.cert_file, "tls_key_file": self.key_file,
                     "tls_ca_file": pki.ca_file, "reconcile_interval_s": 1,
                     "release_idle_s": 3, "fetch_timeout_s": 10, **options}
@@ -53,7 +58,7 @@ class Node:
     def start(self) -> None:
         log = open(self.log_file, "a")  # noqa: SIM115 - the daemon writes it
         self.process = subprocess.Popen(
-            [DAEMON, "--config-file", self.config_file, "--debug"],
+            [*self.wrapper, DAEMON, "--config-file", self.config_file, "--debug"],
             stdout=log, stderr=log)
         log.close()
         deadline = time.monotonic() + 30

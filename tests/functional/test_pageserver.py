@@ -13,6 +13,7 @@ import errno
 import hashlib
 import json
 import os
+import random
 import signal
 import socket
 import ssl
@@ -32,6 +33,7 @@ from nova_clonedriver.pageserver import tls
 from nova_clonedriver.pageserver.protocol import Kind
 from tests import pki as pki_mod
 from tests.functional import base
+from tests.functional import netns
 from tests.functional import pageservers
 
 PATTERN_MIB = 160
@@ -50,6 +52,10 @@ class TestPageService(base.LibvirtTestCase):
     @classmethod
     def setUpClass(cls) -> None:
         super().setUpClass()
+        # Each node is a host of its own: network namespace, address, page
+        # service, store and cache.
+        cls.network = netns.Network(cls.prefix[1:])
+        cls.addClassCleanup(cls.network.close)
         cls.pki = pki_mod.TestPKI(os.path.join(cls.state_dir, "pki"))
         cls.nodes: list[pageservers.Node] = []
         cls.node_a = cls.add_node("node-a")
@@ -72,7 +78,9 @@ class TestPageService(base.LibvirtTestCase):
 
     @classmethod
     def add_node(cls, name: str, **options: object) -> pageservers.Node:
-        node = pageservers.Node(name, cls.state_dir, cls.pki, **options)
+        host = cls.network.host(name)
+        node = pageservers.Node(name, cls.state_dir, cls.pki, listen_host=host.address,
+                                wrapper=host.wrapper, **options)
         node.start()
         cls.nodes.append(node)
         # Clones first: a FUSE mount still mapped by QEMU cannot go.
@@ -298,6 +306,19 @@ class TestPageService(base.LibvirtTestCase):
         replies = self.exchange(context, open_request + beyond)
         self.assertEqual([Kind.OK, Kind.ERROR], [kind for kind, _ in replies])
         self.assertIn("beyond the end", json.loads(replies[1][1])["error"])
+        # Fuzz: random headers (valid magic, random kind, flags, length) and
+        # random payloads, each on its own connection.
+        fuzz = random.Random(4242)
+        for _ in range(60):
+            payload = fuzz.randbytes(fuzz.randrange(0, 64))
+            header = protocol.HEADER.pack(protocol.MAGIC, fuzz.randrange(256),
+                                          fuzz.randrange(256), fuzz.randrange(1 << 32),
+                                          fuzz.choice([len(payload), fuzz.randrange(1 << 32)]))
+            # (A timeout: the service waits for the rest of a long message.)
+            with contextlib.suppress(TimeoutError):
+                self.exchange(context, header + payload, timeout_s=2)
+        self.assertIsNotNone(self.node_a.process)
+        self.assertIsNone(self.node_a.process.poll(), "the origin died of fuzz")
         # The service lives on and serves well-formed requests.
         chunk = self.data_chunks(self.generation)[0]
         data = asyncio.run(self.fetch_chunk(context, self.generation.id, chunk))
@@ -346,21 +367,26 @@ class TestPageService(base.LibvirtTestCase):
         cert, key = pki.node(name)
         return tls.client_context(cert, key, pki.ca_file)
 
+    def origin_address(self) -> tuple[str, int]:
+        host, _, port = self.node_a.address.rpartition(":")
+        return host, int(port)
+
     def refused(self, context: ssl.SSLContext, request: bytes) -> bool:
         """Whether the origin refuses the connection (during the handshake,
         or by closing it without a reply once it has checked the peer)."""
         try:
-            with (socket.create_connection(("127.0.0.1", self.node_a.port), timeout=10) as raw,
-                  context.wrap_socket(raw, server_hostname="127.0.0.1") as sock):
+            with (socket.create_connection(self.origin_address(), timeout=10) as raw,
+                  context.wrap_socket(raw, server_hostname=self.origin_address()[0]) as sock):
                 sock.sendall(request)
                 return sock.recv(protocol.HEADER.size) == b""
         except (ssl.SSLError, ConnectionError):
             return True
 
-    def exchange(self, context: ssl.SSLContext, request: bytes) -> list[tuple[int, bytes]]:
+    def exchange(self, context: ssl.SSLContext, request: bytes,
+                 timeout_s: float = 10) -> list[tuple[int, bytes]]:
         """Send raw bytes to node A; the replies until it closes the connection."""
-        with (socket.create_connection(("127.0.0.1", self.node_a.port), timeout=10) as raw,
-              context.wrap_socket(raw, server_hostname="127.0.0.1") as sock):
+        with (socket.create_connection(self.origin_address(), timeout=timeout_s) as raw,
+              context.wrap_socket(raw, server_hostname=self.origin_address()[0]) as sock):
             sock.sendall(request)
             received = b""
             while chunk := sock.recv(65536):
