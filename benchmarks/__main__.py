@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run one scenario")
     run.add_argument("scenario", choices=["start", "burst", "divergence", "pause", "demo",
-                                                "nova"])
+                                          "nova", "remote"])
     run.add_argument("--memory-mb", type=int, default=256)
     run.add_argument("--repeat", type=int, default=5, help="start, pause: rounds")
     run.add_argument("--counts", type=_ints, default=[1, 4, 16], help="burst: N list")
@@ -35,14 +35,21 @@ def main(argv: list[str] | None = None) -> int:
                      help="divergence, demo: clones; nova: servers per request")
     run.add_argument("--percents", type=_ints, default=[1, 10, 50], help="divergence")
     run.add_argument("--sizes", type=_ints, default=[256, 1024], help="pause: MiB list")
+    run.add_argument("--delays", type=_ints, default=[0, 5],
+                     help="remote: link delays, ms each way")
     run.add_argument("--record", action="store_true",
                      help="also keep the result for the docs (doc/source/benchmarks)")
     run.add_argument("--json", action="store_true", help="print the result as JSON")
     sub.add_parser("report", help="rewrite doc/source/benchmarks.rst from recorded results")
+    sub.add_parser("plot", help="draw PNG plots of recorded results (needs matplotlib)")
     args = parser.parse_args(argv)
 
     if args.command == "report":
         report.write()
+        return 0
+    if args.command == "plot":
+        from benchmarks import plot
+        print("\n".join(plot.write_all()))
         return 0
     started = datetime.datetime.now(datetime.timezone.utc)
     if args.scenario == "start":
@@ -53,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
         data = scenarios.divergence(args.memory_mb, args.clones, args.percents)
     elif args.scenario == "pause":
         data = scenarios.bless_pause(args.sizes, args.repeat)
+    elif args.scenario == "remote":
+        from benchmarks import remote
+        data = remote.run(args.memory_mb, args.delays)
     elif args.scenario == "nova":
         from benchmarks import nova_boot  # eventlet-patches this process
         data = nova_boot.run(args.clones)

@@ -14,7 +14,10 @@ PAGE = os.path.join(DOC_DIR, "benchmarks.rst")
 
 TITLES = {"start": "Start latency", "burst": "Burst and density",
           "divergence": "Divergence", "pause": "Bless pause", "demo": "The demo",
-          "nova": "Through nova"}
+          "nova": "Through nova", "remote": "Remote clones"}
+
+
+PLOTTED = ("burst", "remote")
 
 
 def _spread(s: dict[str, float]) -> str:
@@ -70,6 +73,28 @@ def table(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
                   f"{r['post_to_all_guests_running_s']}",
                   f"{r['post_to_all_guests_running_s'] / clones_s:.2f}"]
                  for r in data["rows"]])
+    if kind == "remote":
+        local = data["local_clone"]
+        header = ["delay ms each way", "prefetch", "attach ms (MiB prefetched)",
+                  "1st clone: start ms / MiB fetched to start / read pattern ms",
+                  "2nd clone: start ms / MiB fetched / read pattern ms",
+                  "fetch p50 / p99 ms", "bulk MiB/s: prefetch / TCP / TLS"]
+        rows = [["-", "local clone on the origin", "-",
+                 f"{local['start_ms']:.0f} / 0 / {local['read_pattern_ms']:.0f}", "-", "-",
+                 "-"]]
+        for r in data["rows"]:
+            first, second, latency = r["first_clone"], r["second_clone"], r["fetch_latency_ms"]
+            rows.append([
+                str(r["delay_ms"]), r["prefetch"],
+                f"{r['attach_ms']:.0f} ({r['prefetched_mib']})",
+                f"{first['start_ms']:.0f} / {first['fetched_mib_to_start']} / "
+                f"{first['read_pattern_ms']:.0f}",
+                f"{second['start_ms']:.0f} / {second['fetched_mib_total']} / "
+                f"{second['read_pattern_ms']:.0f}",
+                f"{latency.get('p50', '-')} / {latency.get('p99', '-')}",
+                f"{r.get('prefetch_mib_s', '-')} / {r['tcp_stream_mib_s']} / "
+                f"{r['tls_stream_mib_s']}"])
+        return header, rows
     raise ValueError(f"unknown scenario {kind}")
 
 
@@ -82,7 +107,7 @@ def render_one(result: dict[str, Any]) -> str:
                       f"{result['command']}", *lines])
 
 
-def _section(result: dict[str, Any]) -> str:
+def _section(result: dict[str, Any], plot: str | None = None) -> str:
     header, rows = table(result)
     machine = result["machine"]
     title = f"{TITLES[result['scenario']]}, {result['memory_mib']} MiB master"
@@ -93,7 +118,8 @@ def _section(result: dict[str, Any]) -> str:
             f"{machine['memory_gib']} GiB, {machine['accelerator']}, {machine['qemu']}, "
             f"libvirt {machine['libvirt']})\n\n"
             f".. csv-table::\n   :header: {header_csv}\n\n"
-            f"{csv}\n")
+            f"{csv}\n"
+            + (f"\n.. image:: benchmarks/plots/{plot}\n" if plot else ""))
 
 
 INTRO = """==========
@@ -125,7 +151,11 @@ def write() -> None:
     for path in sorted(glob.glob(os.path.join(RECORDED_DIR, "*.json")),
                        key=lambda p: (order.index(os.path.basename(p).split("-")[0]), p)):
         with open(path) as f:
-            sections.append(_section(json.load(f)))
+            result = json.load(f)
+        # benchmarks/plot.py draws these (tox -e docs runs it first).
+        plot = (os.path.splitext(os.path.basename(path))[0] + ".png"
+                if result["scenario"] in PLOTTED else None)
+        sections.append(_section(result, plot))
     with open(PAGE, "w") as f:
         f.write(INTRO + "\n".join(sections))
 
