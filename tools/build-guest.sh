@@ -24,12 +24,12 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 kernel_pkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
 [ -n "$kernel_pkg" ] || { echo "build-guest: no linux-image-amd64 in apt lists (run apt-get update)" >&2; exit 1; }
-(cd "$work" && apt-get download -q "$kernel_pkg" 2>&1 | grep -v '^W: Download is performed unsandboxed' || true)
+(cd "$work" && { apt-get download -q "$kernel_pkg" 2>&1 | grep -v '^W: Download is performed unsandboxed' || true; })
 dpkg-deb -x "$work"/"$kernel_pkg"_*.deb "$work/kernel"
 kver=$(ls "$work/kernel/lib/modules")
 
 root=$work/root
-mkdir -p "$root"/{bin,sbin,proc,sys,dev,etc,tmp,lib/modules/$kver}
+mkdir -p "$root"/{bin,sbin,proc,sys,dev,etc,tmp,lib/modules/"$kver"}
 cp /bin/busybox "$root/bin/busybox"
 install -m 755 "$src/init" "$root/init"
 install -m 755 "$src/netup" "$src/udhcpc-script" "$root/sbin/"

@@ -5,7 +5,7 @@ set -euo pipefail
 
 packages=(qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients
           libvirt-dev pkg-config fuse3 libfuse3-dev busybox-static cpio kmod
-          gcc libc6-dev python3-venv)
+          gcc libc6-dev python3-venv shellcheck)
 
 missing=()
 for p in "${packages[@]}"; do
