@@ -22,6 +22,7 @@ from nova_clonedriver import demo as demo_mod
 from nova_clonedriver.cmd import clone as clone_app
 from nova_clonedriver.cmd import progress as progress_mod
 from nova_clonedriver.engine import api
+from nova_clonedriver.pageserver import control
 from nova_clonedriver.pageserver.remote import PREFETCH_CHOICES
 
 SNAPSHOT_HELP = ("the snapshot: its generation id as 'nova-clone list' shows it, "
@@ -258,16 +259,28 @@ class Stats(_Base, lister.Lister):
     image_cached_mib how much of it is in the page cache (shared by all its
     clones). Per clone: MiB it has written (its private memory), MiB of the
     snapshot it has read (resident), and its QEMU's share of host memory
-    (PSS).
+    (PSS). page_service: what this node's page service fetched for the
+    snapshot (one of another node) or served of it to each peer node (one
+    of this node); empty when the page service does not answer. See also
+    'nova-clone page stats'.
     """
 
     COLUMNS = ("generation", "source_domain", "created_at", "memory_mib",
-               "image_allocated_mib", "image_cached_mib", "bless_pause_ms", "clones")
+               "image_allocated_mib", "image_cached_mib", "bless_pause_ms", "clones",
+               "page_service")
 
     def take_action(self, parsed_args: argparse.Namespace) -> tuple[Any, Any]:
+        try:
+            service = self.app.page_service().stats()
+        except control.PageServiceError:
+            service = {"remote": {}, "origin": {"generations": {}}}
         rows = []
         for entry in self.app.engine().stats():
-            rows.append(tuple(CloneMemoryColumn(entry[c]) if c == "clones" else entry[c]
+            generation_id = entry["generation"]
+            entry["page_service"] = service["remote"].get(
+                generation_id, service["origin"]["generations"].get(generation_id, {}))
+            rows.append(tuple(CloneMemoryColumn(entry[c]) if c == "clones"
+                              else formattable(entry[c]) if c == "page_service" else entry[c]
                               for c in self.COLUMNS))
         return self.COLUMNS, rows
 

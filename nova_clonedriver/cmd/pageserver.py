@@ -24,6 +24,7 @@ def service_config(config: cfg.ConfigOpts) -> service.ServiceConfig:
         tls_cert_file=options.tls_cert_file, tls_key_file=options.tls_key_file,
         tls_ca_file=options.tls_ca_file, node_name=options.node_name,
         control_socket=options.control_socket, mount_dir=options.mount_dir,
+        metrics_host=options.metrics_host, metrics_port=options.metrics_port,
         reconcile_interval_s=options.reconcile_interval_s,
         remote={"fetch_timeout_s": options.fetch_timeout_s,
                 "max_inflight_fetches": options.max_inflight_fetches,

@@ -31,6 +31,11 @@ OPTS = [
                help="CA certificate(s) (PEM) that sign every node's "
                     "certificate. Peers without a certificate from it are "
                     "refused: snapshot memory is a tenant's RAM."),
+    cfg.HostAddressOpt("metrics_host", default="127.0.0.1",
+                       help="Address of the Prometheus text endpoint "
+                            "(GET /metrics): the page service's stats."),
+    cfg.PortOpt("metrics_port", default=9798,
+                help="Port of the Prometheus endpoint; 0 turns it off."),
     cfg.StrOpt("control_socket",
                help="Unix socket on which the local nova driver and nova-clone "
                     "ask the service to present a generation of another node. "

@@ -143,8 +143,7 @@ class CloneEngine:
                 "created_at": generation.created_at,
                 "clones": clones,
                 "memory_mib": generation.memory_bytes >> 20,
-                "image_allocated_mib": round(os.stat(image).st_blocks * 512 / 2**20, 1),
-                "image_cached_mib": round(memimage.resident_bytes(image) / 2**20, 1),
+                **_image_use_mib(image),
                 "bless_pause_ms": generation.pause_ms,
             })
         return result
@@ -160,6 +159,16 @@ class CloneEngine:
     def _free(self, generation: Generation, ref: store_mod.CloneReference) -> None:
         launch_mod.remove_clone_files(ref)
         self.store.drop_reference(generation, ref.uuid)
+
+
+def _image_use_mib(image: str) -> dict[str, float | None]:
+    """Disk and page cache a memory image uses; None for one presented by a
+    page service that is not running (its file cannot be reached)."""
+    try:
+        return {"image_allocated_mib": round(os.stat(image).st_blocks * 512 / 2**20, 1),
+                "image_cached_mib": round(memimage.resident_bytes(image) / 2**20, 1)}
+    except OSError:
+        return {"image_allocated_mib": None, "image_cached_mib": None}
 
 
 def generation_summary(generation: Generation) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Serving this node's generations to the page services of other nodes.
+"""Serving this node's generations to other nodes.
 
 A peer first OPENs a generation, which records a peer reference in the
 store (so the generation cannot be discarded under its clones, and an
@@ -14,11 +14,13 @@ import datetime
 import json
 import logging
 import os
+from typing import Any
 
 from nova_clonedriver.engine import store as store_mod
 from nova_clonedriver.pageserver import protocol
 from nova_clonedriver.pageserver import stats as stats_mod
 from nova_clonedriver.pageserver import tls
+from nova_clonedriver.pageserver import transport
 from nova_clonedriver.pageserver.protocol import Kind
 
 LOG = logging.getLogger(__name__)
@@ -37,16 +39,103 @@ def chunk_count(size_bytes: int, chunk_size_bytes: int) -> int:
     return -(-size_bytes // chunk_size_bytes)
 
 
-class Refused(Exception):
-    """A well-formed request this peer may not make; answered with an
-    error, the connection stays open."""
+class OriginStore:
+    """The origin's side of every request, on its snapshot store: the TLS
+    server below answers peers with it, and the ``local`` transport (the
+    origin's store on shared storage) calls it directly.
+
+    Malformed requests raise ProtocolError, refused ones transport.Refused.
+    """
+
+    def __init__(self, store: store_mod.SnapshotStore) -> None:
+        self.store = store
+
+    def open(self, node: str, generation_id: object, clones: object) -> dict[str, Any]:
+        generation = self._generation(generation_id)
+        if (not isinstance(clones, list) or len(clones) > MAX_CLONES_PER_PEER
+                or not all(isinstance(c, str) and len(c) <= 64 for c in clones)):
+            raise protocol.ProtocolError("OPEN clones must be a list of clone ids")
+        self.store.set_peer_reference(generation, store_mod.PeerReference(
+            node=node, generation=generation.id, clones=sorted(clones),
+            updated_at=datetime.datetime.now(datetime.timezone.utc).isoformat()))
+        LOG.info("Peer %s holds %d clone(s) of %s", node, len(clones), generation.id)
+        return {"generation": generation.to_json(),
+                "file_sizes": [os.stat(p).st_size for p in file_paths(generation)]}
+
+    def release(self, node: str, generation_id: object) -> None:
+        generation = self.opened(node, generation_id)
+        self.store.drop_peer_reference(generation, node)
+        LOG.info("Peer %s released %s", node, generation.id)
+
+    def working_set(self, node: str, generation_id: object) -> list[int]:
+        generation = self.opened(node, generation_id)
+        try:
+            with open(os.path.join(generation.directory, WORKING_SET_FILE)) as f:
+                return json.load(f)
+        except FileNotFoundError:
+            return []
+
+    def record_working_set(self, node: str, generation_id: object, chunks: object) -> None:
+        generation = self.opened(node, generation_id)
+        count = len(generation.chunks)
+        if (not isinstance(chunks, list) or len(chunks) > count
+                or not all(isinstance(c, int) and 0 <= c < count for c in chunks)):
+            raise protocol.ProtocolError("working set must be a list of chunk numbers")
+        path = os.path.join(generation.directory, WORKING_SET_FILE)
+        if not os.path.exists(path):  # the first node's recording stays
+            store_mod.write_json_atomic(path, chunks)
+            LOG.info("Peer %s recorded a working set of %d chunks for %s",
+                     node, len(chunks), generation.id)
+
+    def chunk_file(self, node: str, generation_id: object, file_number: int,
+                   chunks: list[int]) -> tuple[store_mod.Generation, str]:
+        """The generation and the path of its file ``file_number``, once the
+        request is known to be allowed and within the file."""
+        generation = self.opened(node, generation_id)
+        paths = file_paths(generation)
+        if file_number >= len(paths):
+            raise protocol.ProtocolError(f"no file {file_number} in a generation")
+        size = os.stat(paths[file_number]).st_size
+        if max(chunks) >= chunk_count(size, generation.chunk_size_bytes):
+            raise protocol.ProtocolError(f"chunk {max(chunks)} is beyond the end of file "
+                                         f"{file_number}")
+        return generation, paths[file_number]
+
+    def opened(self, node: str, generation_id: object) -> store_mod.Generation:
+        generation = self._generation(generation_id)
+        if not any(p.node == node for p in self.store.peer_references(generation)):
+            raise transport.Refused(f"{node} has not opened generation {generation.id}")
+        return generation
+
+    def _generation(self, generation_id: object) -> store_mod.Generation:
+        if not isinstance(generation_id, str) or len(generation_id) != 32:
+            raise protocol.ProtocolError("a generation id is 32 characters")
+        if generation_id not in self.store.generation_ids():
+            raise transport.Refused(f"no snapshot generation {generation_id} on this node")
+        generation = self.store.load(generation_id)
+        if generation.origin:
+            raise transport.Refused(f"generation {generation_id} was not blessed on this node")
+        return generation
+
+
+def read_chunk(generation: store_mod.Generation, file_number: int, fd: int,
+               chunk: int) -> bytes | None:
+    """A chunk of an open generation file; ``None`` when it is all zeros
+    (memory: known from its checksum; disks: a hole or zeros read)."""
+    if file_number == protocol.MEMORY_FILE and generation.chunks[chunk] is None:
+        return None
+    size = generation.chunk_size_bytes
+    data = os.pread(fd, size, chunk * size)
+    if file_number != protocol.MEMORY_FILE and data.count(0) == len(data):
+        return None
+    return data
 
 
 class OriginServer:
     """Answers peers' requests for the generations blessed on this node."""
 
     def __init__(self, store: store_mod.SnapshotStore, stats: stats_mod.Stats) -> None:
-        self.store = store
+        self.origin = OriginStore(store)
         self.stats = stats
 
     async def handle(self, reader: asyncio.StreamReader,
@@ -84,87 +173,33 @@ class OriginServer:
                 else:
                     reply = await self._json_request(peer, kind, protocol.decode_json(payload))
                     writer.write(protocol.encode_json(Kind.OK, request_id, reply))
-            except Refused as exc:
+            except transport.Refused as exc:
                 LOG.warning("Peer %s: %s refused: %s", peer, kind.name, exc)
                 self.stats.count_origin("refused_requests")
                 writer.write(protocol.encode_json(Kind.ERROR, request_id, {"error": str(exc)}))
             await writer.drain()
 
     async def _json_request(self, peer: str, kind: Kind, data: dict) -> dict:
-        generation = self._local_generation(data.get("generation"))
+        generation_id = data.get("generation")
         if kind == Kind.OPEN:
-            clones = data.get("clones", [])
-            if (not isinstance(clones, list) or len(clones) > MAX_CLONES_PER_PEER
-                    or not all(isinstance(c, str) and len(c) <= 64 for c in clones)):
-                raise protocol.ProtocolError("OPEN clones must be a list of clone ids")
-            self.store.set_peer_reference(generation, store_mod.PeerReference(
-                node=peer, generation=generation.id, clones=sorted(clones),
-                updated_at=datetime.datetime.now(datetime.timezone.utc).isoformat()))
-            LOG.info("Peer %s holds %d clone(s) of %s", peer, len(clones), generation.id)
-            return {"generation": generation.to_json(),
-                    "file_sizes": [os.stat(p).st_size for p in file_paths(generation)]}
-        self._check_opened(peer, generation)
-        path = os.path.join(generation.directory, WORKING_SET_FILE)
+            return self.origin.open(peer, generation_id, data.get("clones", []))
         if kind == Kind.RELEASE:
-            self.store.drop_peer_reference(generation, peer)
-            LOG.info("Peer %s released %s", peer, generation.id)
+            self.origin.release(peer, generation_id)
             return {}
         if kind == Kind.GET_WORKING_SET:
-            try:
-                with open(path) as f:
-                    return {"chunks": json.load(f)}
-            except FileNotFoundError:
-                return {"chunks": []}
-        chunks = data.get("chunks")  # PUT_WORKING_SET
-        if (not isinstance(chunks, list) or len(chunks) > len(generation.chunks)
-                or not all(isinstance(c, int) and 0 <= c < len(generation.chunks)
-                           for c in chunks)):
-            raise protocol.ProtocolError("working set must be a list of chunk numbers")
-        if not os.path.exists(path):  # the first node's recording stays
-            store_mod.write_json_atomic(path, chunks)
-            LOG.info("Peer %s recorded a working set of %d chunks for %s",
-                     peer, len(chunks), generation.id)
+            return {"chunks": self.origin.working_set(peer, generation_id)}
+        self.origin.record_working_set(peer, generation_id, data.get("chunks"))
         return {}
 
     async def _fetch(self, peer: str, request_id: int, payload: bytes,
                      writer: asyncio.StreamWriter) -> None:
         generation_id, file_number, chunks = protocol.decode_fetch(payload)
-        generation = self._local_generation(generation_id)
-        self._check_opened(peer, generation)
-        paths = file_paths(generation)
-        if file_number >= len(paths):
-            raise protocol.ProtocolError(f"no file {file_number} in a generation")
-        path = paths[file_number]
-        size = os.stat(path).st_size
-        chunk_size = generation.chunk_size_bytes
-        if max(chunks) >= chunk_count(size, chunk_size):
-            raise protocol.ProtocolError(f"chunk {max(chunks)} is beyond the end of file "
-                                         f"{file_number}")
+        generation, path = self.origin.chunk_file(peer, generation_id, file_number, chunks)
         loop = asyncio.get_running_loop()
         with open(path, "rb", buffering=0) as f:
             for chunk in chunks:
-                if file_number == protocol.MEMORY_FILE and generation.chunks[chunk] is None:
-                    data = None
-                else:
-                    data = await loop.run_in_executor(
-                        None, os.pread, f.fileno(), chunk_size, chunk * chunk_size)
-                    if file_number != protocol.MEMORY_FILE and data.count(0) == len(data):
-                        data = None  # a hole or zeros in a disk: nothing to send
+                data = await loop.run_in_executor(None, read_chunk, generation, file_number,
+                                                  f.fileno(), chunk)
                 writer.write(protocol.encode_data(request_id, chunk, data))
                 self.stats.served(generation.id, peer, 0 if data is None else len(data))
                 await writer.drain()
-
-    def _local_generation(self, generation_id: object) -> store_mod.Generation:
-        if not isinstance(generation_id, str) or len(generation_id) != 32:
-            raise protocol.ProtocolError("a generation id is 32 characters")
-        if generation_id not in self.store.generation_ids():
-            raise Refused(f"no snapshot generation {generation_id} on this node")
-        generation = self.store.load(generation_id)
-        if generation.origin:
-            raise Refused(f"generation {generation_id} was not blessed on this node")
-        return generation
-
-    def _check_opened(self, peer: str, generation: store_mod.Generation) -> None:
-        if not any(p.node == peer for p in self.store.peer_references(generation)):
-            raise Refused(f"{peer} has not opened generation {generation.id}")
-

@@ -1,4 +1,5 @@
-"""The connection of this node's page service to an origin node's.
+"""The ``peer`` transport: this node's page service talks to the origin
+node's over mutual TLS.
 
 One TLS connection per origin carries every request, several at a time
 (pipelined): replies come back in request order and are matched to their
@@ -18,6 +19,7 @@ import time
 from typing import Any
 
 from nova_clonedriver.pageserver import protocol
+from nova_clonedriver.pageserver import transport
 from nova_clonedriver.pageserver.protocol import Kind
 
 LOG = logging.getLogger(__name__)
@@ -25,7 +27,7 @@ LOG = logging.getLogger(__name__)
 RECONNECT_DELAY_S = 0.5
 
 
-class OriginUnavailable(Exception):
+class OriginUnavailable(transport.Unavailable):
     """The origin did not answer within the fetch timeout."""
 
 
@@ -139,7 +141,7 @@ class OriginClient:
                     if pending is None:  # not about one request: the origin hangs up
                         reason = _ConnectionLost(f"origin error: {message}")
                         break
-                    _finish(pending, exception=protocol.RemoteError(message))
+                    _finish(pending, exception=transport.Refused(message))
                     continue
                 if pending is None:
                     raise protocol.ProtocolError(f"reply to unknown request {request_id}")
@@ -166,3 +168,39 @@ def _finish(pending: _Pending, exception: Exception | None = None) -> None:
         pending.done.set_result(pending.replies)
     else:
         pending.done.set_exception(exception)
+
+
+class PeerTransport(transport.Transport):
+    """``peer://host:port``: the origin node's page service."""
+
+    def __init__(self, location: str, context: transport.Context) -> None:
+        super().__init__(location, context)
+        self._client = OriginClient(location, context.ssl_context, context.timeout_s,
+                                    context.max_inflight)
+
+    @property
+    def address(self) -> str:
+        return self.location
+
+    async def open(self, generation_id: str, clones: list[str]) -> dict[str, Any]:
+        return await self._client.request_json(Kind.OPEN, {"generation": generation_id,
+                                                           "clones": clones})
+
+    async def fetch(self, generation_id: str, file_number: int,
+                    chunks: list[int]) -> dict[int, bytes | None]:
+        return await self._client.fetch(generation_id, file_number, chunks)
+
+    async def release(self, generation_id: str) -> None:
+        await self._client.request_json(Kind.RELEASE, {"generation": generation_id})
+
+    async def working_set(self, generation_id: str) -> list[int]:
+        reply = await self._client.request_json(Kind.GET_WORKING_SET,
+                                                {"generation": generation_id})
+        return reply["chunks"]
+
+    async def record_working_set(self, generation_id: str, chunks: list[int]) -> None:
+        await self._client.request_json(Kind.PUT_WORKING_SET,
+                                        {"generation": generation_id, "chunks": chunks})
+
+    async def close(self) -> None:
+        await self._client.close()

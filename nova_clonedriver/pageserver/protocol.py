@@ -64,10 +64,6 @@ class ProtocolError(Exception):
     """The other side broke the protocol; the connection must close."""
 
 
-class RemoteError(Exception):
-    """The other side answered a request with an error message."""
-
-
 def encode(kind: Kind, request_id: int, payload: bytes = b"", flags: int = 0) -> bytes:
     return HEADER.pack(MAGIC, kind, flags, request_id, len(payload)) + payload
 

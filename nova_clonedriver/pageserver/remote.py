@@ -29,10 +29,9 @@ from nova_clonedriver.engine import qemuimg
 from nova_clonedriver.engine import store as store_mod
 from nova_clonedriver.pageserver import cache as cache_mod
 from nova_clonedriver.pageserver import origin as origin_mod
-from nova_clonedriver.pageserver import peer as peer_mod
 from nova_clonedriver.pageserver import protocol
 from nova_clonedriver.pageserver import stats as stats_mod
-from nova_clonedriver.pageserver.protocol import Kind
+from nova_clonedriver.pageserver import transport
 
 LOG = logging.getLogger(__name__)
 
@@ -61,12 +60,12 @@ class Presented:
     """One remote generation on this node: its cached files by FETCH file
     number (the device state is a plain local file, so it has none)."""
 
-    def __init__(self, generation: store_mod.Generation, client: peer_mod.OriginClient,
+    def __init__(self, generation: store_mod.Generation, origin: transport.Transport,
                  files: dict[int, cache_mod.CachedFile], names: dict[str, int],
                  stats: stats_mod.GenerationStats, working_set_window_s: float) -> None:
         self.generation = generation
         self.window_s = working_set_window_s
-        self.client = client
+        self.origin = origin
         self.files = files
         self.names = names  # file name in the FUSE folder -> file number
         self.stats = stats
@@ -85,7 +84,8 @@ class Presented:
 
     async def ensure(self, file_number: int, chunks: list[int], bulk: bool = False) -> None:
         """Return once all ``chunks`` of the file are in the cache; raises
-        OriginUnavailable, RemoteError or CorruptChunk when they cannot be.
+        transport.Unavailable, transport.Refused or CorruptChunk when they
+        cannot be.
         ``bulk`` (prefetch, background completion): many chunks, sent as
         several pipelined requests, and kept out of the latency samples,
         which are those of the reads clones wait for."""
@@ -116,11 +116,11 @@ class Presented:
         loop = asyncio.get_running_loop()
         started = time.monotonic()
         try:
-            data = await self.client.fetch(self.generation.id, file_number, chunks)
+            data = await self.origin.fetch(self.generation.id, file_number, chunks)
         except Exception as exc:
             self.stats.counters["fetch_failures"] += 1
             LOG.error("Fetching %d chunk(s) of file %d of %s from %s failed: %s",
-                      len(chunks), file_number, self.generation.id, self.client.address, exc)
+                      len(chunks), file_number, self.generation.id, self.origin.address, exc)
             for chunk in chunks:
                 self._settle(file_number, chunk, exc)
             return
@@ -134,7 +134,7 @@ class Presented:
             except Exception as exc:
                 self.stats.counters["fetch_failures"] += 1
                 LOG.error("Chunk %d of file %d of %s from %s refused: %s", chunk,
-                          file_number, self.generation.id, self.client.address, exc)
+                          file_number, self.generation.id, self.origin.address, exc)
                 self._settle(file_number, chunk, exc)
                 continue
             self.stats.counters["chunks_fetched"] += 1
@@ -162,13 +162,12 @@ class Presented:
         chunks = list(dict.fromkeys(self.recording or []))
         self.recording = None
         try:
-            await self.client.request_json(Kind.PUT_WORKING_SET, {
-                "generation": self.generation.id, "chunks": chunks})
+            await self.origin.record_working_set(self.generation.id, chunks)
             LOG.info("Recorded the working set of %s: %d chunks", self.generation.id,
                      len(chunks))
         except Exception as exc:
             LOG.warning("Could not send the working set of %s to %s: %s",
-                        self.generation.id, self.client.address, exc)
+                        self.generation.id, self.origin.address, exc)
 
     def close(self) -> None:
         if self.background is not None:
@@ -179,12 +178,14 @@ class Presented:
 
 class RemoteGenerations:
     def __init__(self, store: store_mod.SnapshotStore, stats: stats_mod.Stats,
-                 ssl_context: ssl.SSLContext, settings: Settings) -> None:
+                 node: str, ssl_context: ssl.SSLContext, settings: Settings) -> None:
         self.store = store
         self.stats = stats
         self.settings = settings
-        self._ssl = ssl_context
-        self._origins: dict[str, peer_mod.OriginClient] = {}
+        self._transport_context = transport.Context(
+            node=node, ssl_context=ssl_context, timeout_s=settings.fetch_timeout_s,
+            max_inflight=settings.max_inflight_fetches)
+        self._origins: dict[str, transport.Transport] = {}
         self.presented: dict[str, Presented] = {}
         self._attach_lock = asyncio.Lock()
 
@@ -246,11 +247,11 @@ class RemoteGenerations:
                       ignore_errors=True)
         self.stats.remote.pop(generation_id, None)
         try:
-            await presented.client.request_json(Kind.RELEASE, {"generation": generation_id})
+            await presented.origin.release(generation_id)
         except Exception as exc:
             LOG.warning("Released %s here, but its origin %s was not told: %s",
-                        generation_id, presented.client.address, exc)
-        LOG.info("Released generation %s of %s", generation_id, presented.client.address)
+                        generation_id, presented.origin.address, exc)
+        LOG.info("Released generation %s of %s", generation_id, presented.origin.address)
 
     async def reconcile(self) -> None:
         """Tell origins which clones run here; release what none uses."""
@@ -260,12 +261,11 @@ class RemoteGenerations:
                 presented.last_used = time.monotonic()
             if clones != presented.told_clones:
                 try:
-                    await presented.client.request_json(Kind.OPEN, {
-                        "generation": generation_id, "clones": clones})
+                    await presented.origin.open(generation_id, clones)
                     presented.told_clones = clones
                 except Exception as exc:
                     LOG.warning("Could not tell %s about the clones of %s: %s",
-                                presented.client.address, generation_id, exc)
+                                presented.origin.address, generation_id, exc)
             if presented.busy():
                 presented.last_used = time.monotonic()
             idle_s = time.monotonic() - presented.last_used
@@ -278,21 +278,22 @@ class RemoteGenerations:
         for generation_id, presented in self.presented.items():
             files = {name: presented.files[n] for name, n in presented.names.items()}
             data["remote"].setdefault(generation_id, {}).update(
-                origin=presented.client.address,
+                origin=presented.origin.address,
                 chunks_cached={name: sum(f.present) for name, f in files.items()},
                 chunks_total={name: f.chunk_count for name, f in files.items()},
                 cached_mib=round(sum(f.cached_bytes() for f in files.values()) / 2**20, 1))
         return data
 
     async def _import(self, generation_id: str, origin: str) -> None:
-        client = self._client(origin)
         try:
-            reply = await client.request_json(Kind.OPEN, {"generation": generation_id,
-                                                          "clones": []})
-        except protocol.RemoteError as exc:
+            source = self._transport(origin)
+            reply = await source.open(generation_id, [])
+        except ValueError as exc:  # a bad origin address
+            raise AttachError(str(exc)) from exc
+        except transport.Refused as exc:
             raise AttachError(f"origin {origin} refused generation {generation_id}: "
                               f"{exc}") from exc
-        except peer_mod.OriginUnavailable as exc:
+        except transport.Unavailable as exc:
             raise AttachError(str(exc)) from exc
         data, sizes = reply["generation"], reply["file_sizes"]
         if data.get("id") != generation_id or len(sizes) != 2 + len(data["disks"]):
@@ -300,7 +301,7 @@ class RemoteGenerations:
         generation = store_mod.Generation(**{**data, "origin": origin})
         partial = self.store.new_generation_dir(generation_id)
         try:
-            await self._fetch_device_stream(client, generation, sizes[1], partial)
+            await self._fetch_device_stream(source, generation, sizes[1], partial)
             generation.directory = partial
             for name, path in self._links(generation).items():
                 os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -309,30 +310,29 @@ class RemoteGenerations:
         except BaseException:
             self.store.discard_partial(partial)
             with contextlib.suppress(Exception):
-                await client.request_json(Kind.RELEASE, {"generation": generation_id})
+                await source.release(generation_id)
             raise
         presented = self._present(generation, sizes)
         try:
             await self._check_backing_files(generation)
-            reply = await client.request_json(Kind.GET_WORKING_SET,
-                                              {"generation": generation_id})
-        except (AttachError, peer_mod.OriginUnavailable, protocol.RemoteError):
+            recorded = await source.working_set(generation_id)
+        except (AttachError, transport.Unavailable, transport.Refused):
             await self.release(generation_id)
             raise
-        if not reply["chunks"] and self.settings.working_set_window_s:
+        if not recorded and self.settings.working_set_window_s:
             presented.recording = []  # this node's first clones define it
         LOG.info("Presenting generation %s of %s (%d MiB of memory, %d disk(s))",
                  generation_id, origin, generation.memory_bytes >> 20,
                  len(generation.disks))
 
-    async def _fetch_device_stream(self, client: peer_mod.OriginClient,
+    async def _fetch_device_stream(self, source: transport.Transport,
                                    generation: store_mod.Generation, size: int,
                                    directory: str) -> None:
         count = origin_mod.chunk_count(size, generation.chunk_size_bytes)
         chunks: dict[int, bytes | None] = {}
         step = protocol.MAX_CHUNKS_PER_FETCH
         for start in range(0, count, step):
-            chunks.update(await client.fetch(generation.id, protocol.DEVICE_FILE,
+            chunks.update(await source.fetch(generation.id, protocol.DEVICE_FILE,
                                              list(range(start, min(count, start + step)))))
         path = os.path.join(directory, store_mod.DEVICE_STREAM_FILE)
         with open(path, "wb") as f:
@@ -342,7 +342,7 @@ class RemoteGenerations:
                 f.write(chunks[chunk] if chunks[chunk] is not None else bytes(length))
         if store_mod.sha256_file(path) != generation.device_stream_sha256:
             raise AttachError(f"the device state of {generation.id} from "
-                              f"{client.address} fails its checksum")
+                              f"{source.address} fails its checksum")
 
     def _links(self, generation: store_mod.Generation) -> dict[str, str]:
         """FUSE file name -> the store path that links to it."""
@@ -371,7 +371,7 @@ class RemoteGenerations:
                 generation.chunk_size_bytes,
                 generation.chunks if file_number == protocol.MEMORY_FILE else None)
             names[name] = file_number
-        presented = Presented(generation, self._client(generation.origin), files, names,
+        presented = Presented(generation, self._transport(generation.origin), files, names,
                               self.stats.remote[generation.id],
                               self.settings.working_set_window_s)
         if self.settings.background_fetch_mib_per_s:
@@ -386,16 +386,15 @@ class RemoteGenerations:
         if prefetch == "full":
             wanted = {n: f.missing() for n, f in presented.files.items()}
         else:
-            reply = await presented.client.request_json(
-                Kind.GET_WORKING_SET, {"generation": presented.generation.id})
-            wanted = {protocol.MEMORY_FILE: reply["chunks"]}
+            wanted = {protocol.MEMORY_FILE: await presented.origin.working_set(
+                presented.generation.id)}
         await asyncio.gather(*(presented.ensure(n, c, bulk=True)
                                for n, c in wanted.items() if c))
         elapsed_ms = (time.monotonic() - started) * 1000
         fetched = presented.stats.counters["bytes_fetched"] - before
         presented.stats.counters["prefetched_bytes"] += fetched
         LOG.info("Prefetched %s of %s (%s): %.1f MiB in %.0f ms", prefetch,
-                 presented.generation.id, presented.client.address, fetched / 2**20,
+                 presented.generation.id, presented.origin.address, fetched / 2**20,
                  elapsed_ms)
         return {"prefetched_chunks": sum(len(c) for c in wanted.values()),
                 "prefetched_mib": round(fetched / 2**20, 1),
@@ -429,9 +428,7 @@ class RemoteGenerations:
                     f"disk {disk['target']} of generation {generation.id} has the "
                     f"backing file {backing}, which this node does not have")
 
-    def _client(self, origin: str) -> peer_mod.OriginClient:
+    def _transport(self, origin: str) -> transport.Transport:
         if origin not in self._origins:
-            self._origins[origin] = peer_mod.OriginClient(
-                origin, self._ssl, self.settings.fetch_timeout_s,
-                self.settings.max_inflight_fetches)
+            self._origins[origin] = transport.load(origin, self._transport_context)
         return self._origins[origin]

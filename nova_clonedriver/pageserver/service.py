@@ -24,6 +24,7 @@ import pyfuse3.asyncio
 from nova_clonedriver.engine import store as store_mod
 from nova_clonedriver.pageserver import control
 from nova_clonedriver.pageserver import fusefs
+from nova_clonedriver.pageserver import metrics
 from nova_clonedriver.pageserver import origin as origin_mod
 from nova_clonedriver.pageserver import remote as remote_mod
 from nova_clonedriver.pageserver import stats as stats_mod
@@ -43,6 +44,8 @@ class ServiceConfig:
     node_name: str | None = None
     control_socket: str | None = None
     mount_dir: str | None = None
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 0  # 0: no Prometheus endpoint
     reconcile_interval_s: float = 10
     remote: dict[str, Any] = dataclasses.field(default_factory=dict)  # remote.Settings
 
@@ -79,7 +82,7 @@ class PageService:
                                          config.listen_port,
                                          ssl=tls.server_context(*certs))
         self.remote = remote_mod.RemoteGenerations(
-            self.store, self.stats, tls.client_context(*certs),
+            self.store, self.stats, self.node, tls.client_context(*certs),
             remote_mod.Settings(mount_dir=self.mount_dir,
                                 cache_dir=os.path.join(config.state_dir, "page-cache"),
                                 **config.remote))
@@ -87,6 +90,10 @@ class PageService:
         _mount(self.remote, self.mount_dir)
         fuse_task = loop.create_task(pyfuse3.main())
         controls = await control.serve(config.socket_path(), self._control)
+        servers = [tcp, controls]
+        if config.metrics_port:
+            servers.append(await metrics.serve(config.metrics_host, config.metrics_port,
+                                               self.remote.stats_json))
         reconcile = loop.create_task(self._reconcile_forever())
         LOG.info("Page service of node %s: peers on %s:%d, control on %s, remote "
                  "generations under %s", self.node, config.listen_host,
@@ -97,7 +104,7 @@ class PageService:
             LOG.info("Page service of node %s stopping", self.node)
             for task in (reconcile, fuse_task):
                 task.cancel()
-            for server in (tcp, controls):
+            for server in servers:
                 server.close()
             pyfuse3.close(unmount=True)
             for presented in self.remote.presented.values():

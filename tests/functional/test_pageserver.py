@@ -19,6 +19,7 @@ import socket
 import ssl
 import subprocess
 import time
+import urllib.request
 
 from testtools.content import text_content
 
@@ -30,6 +31,7 @@ from nova_clonedriver.pageserver import control
 from nova_clonedriver.pageserver import peer as peer_mod
 from nova_clonedriver.pageserver import protocol
 from nova_clonedriver.pageserver import tls
+from nova_clonedriver.pageserver import transport
 from nova_clonedriver.pageserver.protocol import Kind
 from tests import pki as pki_mod
 from tests.functional import base
@@ -79,6 +81,8 @@ class TestPageService(base.LibvirtTestCase):
     @classmethod
     def add_node(cls, name: str, **options: object) -> pageservers.Node:
         host = cls.network.host(name)
+        if "metrics_port" in options:
+            options["metrics_host"] = host.address
         node = pageservers.Node(name, cls.state_dir, cls.pki, listen_host=host.address,
                                 wrapper=host.wrapper, **options)
         node.start()
@@ -164,6 +168,35 @@ class TestPageService(base.LibvirtTestCase):
                    what="node A dropping node B's reference")
         self.assertFalse(os.path.exists(
             os.path.join(self.node_b.state_dir, "page-cache", generation.id)))
+
+    def test_a_node_on_shared_storage_reads_the_origins_store_directly(self):
+        generation = self.generation
+        metrics_port = pageservers.free_port()
+        node = self.add_node("node-shared", release_idle_s=3600, metrics_port=metrics_port)
+        shared = f"local://{self.node_a.state_dir}"  # as if NFS-mounted here too
+        self.assertFalse(node.client.attach(generation.id, shared)["local"])
+        chunk = self.data_chunks(generation)[-1]
+        self.assertSameBytes(self.memory_chunk_at_origin(generation, chunk),
+                             self.read_chunk(node, generation, chunk))
+        self.assertIn("node-shared", [p.node for p in
+                                      self.engine_a.store.peer_references(generation)])
+        presented = api.CloneEngine(self.conn, node.state_dir).store.load(generation.id)
+        self.assertEqual(shared, presented.origin)
+        # What it fetched shows in its stats and on its Prometheus endpoint.
+        fetched = self.remote_stats(node, generation.id)["bytes_fetched"]
+        self.assertGreaterEqual(fetched, CHUNK)
+        host = node.address.rpartition(":")[0]
+        with urllib.request.urlopen(f"http://{host}:{metrics_port}/metrics",
+                                    timeout=10) as reply:
+            self.assertIn(f'nova_clone_pageserver_remote_bytes_fetched_total{{generation='
+                          f'"{generation.id}",origin="{shared}"}} {fetched}',
+                          reply.read().decode())
+        # Nothing went through node A's page service.
+        served = self.node_a.client.stats()["origin"]["generations"]
+        self.assertNotIn("node-shared", served.get(generation.id, {}))
+        error = self.assertRaises(control.PageServiceError, node.client.attach,
+                                  "0" * 32, "nfs://server/export")
+        self.assertIn("no page service transport 'nfs'", str(error))
 
     def test_full_prefetch_makes_a_node_independent_of_the_origin(self):
         generation = self.engine_a.bless(self.master.name())
@@ -276,7 +309,7 @@ class TestPageService(base.LibvirtTestCase):
         self.assertFalse(self.refused(self.client_context(self.pki, "node-f"), open_request))
         # A node of the deployment that never opened the generation.
         context = self.client_context(self.pki, "node-d")
-        error = self.assertRaises(protocol.RemoteError, self.fetch_with, context,
+        error = self.assertRaises(transport.Refused, self.fetch_with, context,
                                   self.generation.id)
         self.assertIn("node-d has not opened generation", str(error))
         self.assertNotIn("node-d", [p.node for p in

@@ -1,0 +1,91 @@
+"""Transports are stevedore plugins chosen by the origin address's scheme."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import ssl
+
+import fixtures
+import testtools
+
+from nova_clonedriver.engine import store as store_mod
+from nova_clonedriver.pageserver import localfs
+from nova_clonedriver.pageserver import peer
+from nova_clonedriver.pageserver import transport
+
+GENERATION_ID = "ab" * 16
+CHUNK = 1 << 20
+
+
+def context() -> transport.Context:
+    return transport.Context(node="node-b", ssl_context=ssl.create_default_context(),
+                             timeout_s=1, max_inflight=1)
+
+
+class TestLoad(testtools.TestCase):
+    def test_schemes(self):
+        self.assertIsInstance(transport.load("10.0.0.1:8797", context()),
+                              peer.PeerTransport)
+        self.assertIsInstance(transport.load("peer://10.0.0.1:8797", context()),
+                              peer.PeerTransport)
+        shared = transport.load("local:///srv/store", context())
+        self.assertIsInstance(shared, localfs.LocalTransport)
+        self.assertEqual("local:///srv/store", shared.address)
+
+    def test_unknown_scheme_and_bad_peer_address(self):
+        error = self.assertRaises(ValueError, transport.load, "nfs://x/y", context())
+        self.assertIn("no page service transport 'nfs'", str(error))
+        error = self.assertRaises(ValueError, transport.load, "no-port", context())
+        self.assertIn("is not <host>:<port>", str(error))
+
+
+class TestLocalTransport(testtools.TestCase):
+    """The origin's store on shared storage, read directly."""
+
+    def setUp(self):
+        super().setUp()
+        self.root = self.useFixture(fixtures.TempDir()).path
+        store = store_mod.SnapshotStore(self.root)
+        partial = store.new_generation_dir(GENERATION_ID)
+        self.memory = os.urandom(CHUNK) + bytes(CHUNK)
+        with open(os.path.join(partial, store_mod.MEMORY_IMAGE_FILE), "wb") as f:
+            f.write(self.memory)
+        with open(os.path.join(partial, store_mod.DEVICE_STREAM_FILE), "wb") as f:
+            f.write(b"device")
+        store.publish(store_mod.Generation(
+            id=GENERATION_ID, source_domain="m", source_uuid="u",
+            created_at="2026-11-27T00:00:00+00:00", memory_bytes=2 * CHUNK, vcpus=1,
+            machine_type="pc", main_block="pc.ram", chunk_size_bytes=CHUNK,
+            chunks=["x", None], device_stream_sha256="y", disks=[], domain_xml="<domain/>",
+            pause_ms=1.0, has_genid=True), partial)
+        self.store = store
+        self.shared = transport.load(f"local://{self.root}", context())
+
+    def run_async(self, coroutine):
+        return asyncio.run(coroutine)
+
+    def test_open_fetch_working_set_release(self):
+        reply = self.run_async(self.shared.open(GENERATION_ID, ["c1"]))
+        self.assertEqual([2 * CHUNK, 6], reply["file_sizes"])
+        generation = self.store.load(GENERATION_ID)
+        self.assertEqual([("node-b", ["c1"])],
+                         [(p.node, p.clones) for p in self.store.peer_references(generation)])
+        data = self.run_async(self.shared.fetch(GENERATION_ID, 0, [0, 1]))
+        self.assertEqual({0: self.memory[:CHUNK], 1: None}, data)
+        self.assertEqual([], self.run_async(self.shared.working_set(GENERATION_ID)))
+        self.run_async(self.shared.record_working_set(GENERATION_ID, [0]))
+        self.run_async(self.shared.record_working_set(GENERATION_ID, [1]))  # first stays
+        with open(os.path.join(generation.directory, "working-set.json")) as f:
+            self.assertEqual([0], json.load(f))
+        self.run_async(self.shared.release(GENERATION_ID))
+        self.assertEqual([], self.store.peer_references(generation))
+
+    def test_nothing_is_served_before_open_nor_of_unknown_generations(self):
+        error = self.assertRaises(transport.Refused, self.run_async,
+                                  self.shared.fetch(GENERATION_ID, 0, [0]))
+        self.assertIn("node-b has not opened generation", str(error))
+        error = self.assertRaises(transport.Refused, self.run_async,
+                                  self.shared.open("cd" * 16, []))
+        self.assertIn("no snapshot generation", str(error))
