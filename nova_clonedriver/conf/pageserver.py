@@ -40,6 +40,10 @@ OPTS = [
                help="Unix socket on which the local nova driver and nova-clone "
                     "ask the service to present a generation of another node. "
                     "Defaults to <[clone] state_dir>/pageserver.sock."),
+    cfg.StrOpt("control_socket_group",
+               help="Group that may use the control socket (mode 0660), for "
+                    "a nova-compute that does not run as the page service's "
+                    "user (root). Unset: mode 0600, the service's user only."),
     cfg.StrOpt("mount_dir",
                help="Where the service mounts its FUSE file system that "
                     "presents other nodes' generations. Defaults to "

@@ -50,16 +50,19 @@ class CloneEngine:
 
     def __init__(self, conn: libvirt.virConnect, state_dir: str,
                  bless_downtime_limit_ms: int = 10, bless_timeout_s: float = 300,
-                 launch_parallelism: int = 8) -> None:
+                 launch_parallelism: int = 8,
+                 chown: Callable[[str, int, int], None] = os.chown) -> None:
+        """``chown``: how to give files to QEMU's user (privileged)."""
         self.conn = conn
         self.store = store_mod.SnapshotStore(state_dir)
         self._downtime_limit_ms = bless_downtime_limit_ms
         self._bless_timeout_s = bless_timeout_s
         self._parallelism = launch_parallelism
+        self._chown = chown
 
     def bless(self, domain_name: str) -> Generation:
         return bless_mod.bless(self.conn, self.store, domain_name,
-                               self._downtime_limit_ms, self._bless_timeout_s)
+                               self._downtime_limit_ms, self._bless_timeout_s, self._chown)
 
     def launch(self, generation_id: str, count: int = 1,
                name_prefix: str | None = None,

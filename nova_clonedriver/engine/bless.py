@@ -23,6 +23,7 @@ snapshot is exact.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import contextlib
 import datetime
 import logging
@@ -76,8 +77,12 @@ class _StreamReader(native.thread_class()):  # type: ignore[misc]
 
 def bless(conn: libvirt.virConnect, store: store_mod.SnapshotStore,
           domain_name: str, downtime_limit_ms: int = 10,
-          timeout_s: float = 300.0) -> store_mod.Generation:
-    """Freeze the running domain ``domain_name``; return the new generation."""
+          timeout_s: float = 300.0,
+          chown: Callable[[str, int, int], None] = os.chown) -> store_mod.Generation:
+    """Freeze the running domain ``domain_name``; return the new generation.
+
+    ``chown`` gives the memory image to QEMU's user (clones map it): a
+    caller that is not root passes a privileged one (nova: privsep)."""
     try:
         domain = conn.lookupByName(domain_name)
     except libvirt.libvirtError as exc:
@@ -107,7 +112,7 @@ def bless(conn: libvirt.virConnect, store: store_mod.SnapshotStore,
         chunks = image.close()
         frozen = [_keep_frozen_base(disk, workdir) for disk in disks]
         uid, gid = hostinfo.qemu_user_ids(conn)
-        os.chown(image.path, uid, gid)
+        chown(image.path, uid, gid)
         generation = store_mod.Generation(
             id=generation_id,
             source_domain=domain_name,

@@ -1,7 +1,8 @@
 """The local control socket: how the nova driver and nova-clone on this node
 ask the page service to present (attach) or release a remote generation,
 and read its stats. One JSON object per line each way; only local processes
-that may open the socket (mode 0600, the service's user) can ask.
+that may open the socket (mode 0600 for the service's user, or 0660 for
+``[pageserver] control_socket_group``) can ask.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable
 from collections.abc import Callable
+import grp
 import json
 import logging
 import os
@@ -34,7 +36,10 @@ class PageServiceUnavailable(PageServiceError):
     """The page service of this node does not answer."""
 
 
-async def serve(path: str, handler: Handler) -> asyncio.AbstractServer:
+async def serve(path: str, handler: Handler,
+                group: str | None = None) -> asyncio.AbstractServer:
+    """Answer requests on the unix socket ``path``: mode 0600, or 0660 and
+    owned by ``group`` when given."""
     if os.path.exists(path):
         os.unlink(path)  # left by an earlier run of the service
 
@@ -58,7 +63,9 @@ async def serve(path: str, handler: Handler) -> asyncio.AbstractServer:
             writer.close()
 
     server = await asyncio.start_unix_server(connection, path, limit=MAX_LINE_BYTES)
-    os.chmod(path, 0o600)
+    if group:
+        os.chown(path, -1, grp.getgrnam(group).gr_gid)
+    os.chmod(path, 0o660 if group else 0o600)
     return server
 
 

@@ -43,6 +43,7 @@ class ServiceConfig:
     tls_ca_file: str
     node_name: str | None = None
     control_socket: str | None = None
+    control_socket_group: str | None = None
     mount_dir: str | None = None
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 0  # 0: no Prometheus endpoint
@@ -89,7 +90,8 @@ class PageService:
         self.remote.load_existing()
         _mount(self.remote, self.mount_dir)
         fuse_task = loop.create_task(pyfuse3.main())
-        controls = await control.serve(config.socket_path(), self._control)
+        controls = await control.serve(config.socket_path(), self._control,
+                                       config.control_socket_group)
         servers = [tcp, controls]
         if config.metrics_port:
             servers.append(await metrics.serve(config.metrics_host, config.metrics_port,

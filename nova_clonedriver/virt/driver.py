@@ -21,6 +21,7 @@ from typing import Any
 import libvirt
 from nova import exception
 from nova.compute import task_states
+from nova.privsep import path as nova_privsep_path
 from nova.virt.libvirt import driver as libvirt_driver
 from nova.virt.libvirt import utils as libvirt_utils
 from oslo_concurrency import lockutils
@@ -62,7 +63,9 @@ class CloneDriver(libvirt_driver.LibvirtDriver):
                 self._host.get_connection(), CONF.clone.state_dir,
                 bless_downtime_limit_ms=CONF.clone.bless_downtime_limit_ms,
                 bless_timeout_s=CONF.clone.bless_timeout_s,
-                launch_parallelism=CONF.clone.launch_parallelism)
+                launch_parallelism=CONF.clone.launch_parallelism,
+                # nova-compute runs as an unprivileged user in real clouds.
+                chown=nova_privsep_path.chown)
         return self._engine
 
     # -- bless ---------------------------------------------------------------

@@ -47,7 +47,9 @@ class Node:
         settings = {"listen_host": listen_host, "listen_port": self.port,
                     "tls_cert_file": self.cert_file, "tls_key_file": self.key_file,
                     "tls_ca_file": pki.ca_file, "reconcile_interval_s": 1,
-                    "release_idle_s": 3, "fetch_timeout_s": 10, **options}
+                    "release_idle_s": 3, "fetch_timeout_s": 10,
+                    "metrics_port": 0,  # several nodes share one loopback
+                    **options}
         with open(self.config_file, "w") as f:
             f.write(f"[clone]\nstate_dir = {self.state_dir}\n[pageserver]\n")
             f.writelines(f"{k} = {v}\n" for k, v in settings.items())

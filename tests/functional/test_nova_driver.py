@@ -10,10 +10,13 @@ import os
 from unittest import mock
 import uuid
 
+import fixtures
 from nova import context as nova_context
 from nova import exception
 from nova import objects
 from nova.compute import task_states
+from nova.privsep import path as nova_privsep_path
+from nova.tests import fixtures as nova_fixtures
 from nova.tests.unit import fake_instance
 from oslo_config import fixture as config_fixture
 
@@ -70,6 +73,9 @@ class TestCloneDriver(base.LibvirtTestCase):
         config.config(group="libvirt", virt_type="qemu", connection_uri=base.LIBVIRT_URI)
         config.config(group="clone", state_dir=os.path.join(self.state_dir, uuid.uuid4().hex[:6]),
                       min_free_memory_mib=0)
+        # Privileged calls (chown of the memory image) run in-process, as
+        # nova's own tests run them.
+        self.useFixture(nova_fixtures.PrivsepFixture())
         self.context = nova_context.get_admin_context()
         self.driver = driver_mod.CloneDriver(mock.Mock(), read_only=False)
         self.images = self.driver._image_api = FakeImageAPI()
@@ -114,6 +120,8 @@ class TestCloneDriver(base.LibvirtTestCase):
                           network_info=[])
 
     def test_live_image_then_clones_then_delete(self):
+        chown = self.useFixture(fixtures.MockPatch(
+            "nova.privsep.path.chown", wraps=nova_privsep_path.chown)).mock
         image_id = self._live_image()
         image = self.images.get(self.context, image_id)
         properties = image["properties"]
@@ -123,6 +131,11 @@ class TestCloneDriver(base.LibvirtTestCase):
                           properties["clone_master"], properties["clone_memory_mb"],
                           properties["clone_vcpus"]))
         self.assertIn(generation.id.encode(), self.images.data[image_id])
+        # nova-compute is not root in a real cloud: the image is given to
+        # QEMU through nova's privsep.
+        [(path, uid, _gid)] = [c.args for c in chown.call_args_list]
+        self.assertEqual("memory.img", os.path.basename(path))
+        self.assertEqual(uid, os.stat(generation.memory_image).st_uid)
         self.assertEqual(1, self.conn.lookupByName(self.master.name).state()[0])
 
         clones = [self._instance(2 + i, base.MASTER_MEMORY_MIB,
