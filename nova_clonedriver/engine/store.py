@@ -16,12 +16,16 @@ import json
 import os
 import shutil
 from typing import Any
+from typing import TypeVar
 
 GENERATION_FILE = "generation.json"
 MEMORY_IMAGE_FILE = "memory.img"
 DEVICE_STREAM_FILE = "device.stream"
 REFERENCES_DIR = "references"
 PEERS_DIR = "peers"
+
+
+Record = TypeVar("Record")
 
 
 class GenerationNotFound(LookupError):
@@ -103,6 +107,18 @@ def write_json_atomic(path: str, data: Any) -> None:
     os.rename(tmp, path)
 
 
+def _read_records(directory: str, record: type[Record]) -> list[Record]:
+    """Every ``*.json`` of a directory (none if it does not exist) as a record."""
+    if not os.path.isdir(directory):
+        return []
+    records = []
+    for name in sorted(os.listdir(directory)):
+        if name.endswith(".json"):
+            with open(os.path.join(directory, name)) as f:
+                records.append(record(**json.load(f)))
+    return records
+
+
 def sha256_file(path: str) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -167,13 +183,8 @@ class SnapshotStore:
             os.unlink(self._reference_path(generation, clone_uuid))
 
     def references(self, generation: Generation) -> list[CloneReference]:
-        directory = os.path.join(generation.directory, REFERENCES_DIR)
-        refs = []
-        for name in sorted(os.listdir(directory)):
-            if name.endswith(".json"):
-                with open(os.path.join(directory, name)) as f:
-                    refs.append(CloneReference(**json.load(f)))
-        return refs
+        return _read_records(os.path.join(generation.directory, REFERENCES_DIR),
+                             CloneReference)
 
     def set_peer_reference(self, generation: Generation, ref: PeerReference) -> None:
         directory = os.path.join(generation.directory, PEERS_DIR)
@@ -186,15 +197,7 @@ class SnapshotStore:
             os.unlink(os.path.join(generation.directory, PEERS_DIR, f"{node}.json"))
 
     def peer_references(self, generation: Generation) -> list[PeerReference]:
-        directory = os.path.join(generation.directory, PEERS_DIR)
-        if not os.path.isdir(directory):
-            return []
-        refs = []
-        for name in sorted(os.listdir(directory)):
-            if name.endswith(".json"):
-                with open(os.path.join(directory, name)) as f:
-                    refs.append(PeerReference(**json.load(f)))
-        return refs
+        return _read_records(os.path.join(generation.directory, PEERS_DIR), PeerReference)
 
     def remove_generation(self, generation: Generation) -> None:
         if self.references(generation):
