@@ -139,8 +139,10 @@ class SnapshotStore:
             os.chmod(path, 0o711)
 
     def new_generation_dir(self, generation_id: str) -> str:
-        """A private directory to build a generation in; see publish()."""
+        """A private directory to build a generation in; see publish(). What
+        a build of the same generation left when its process died goes."""
         path = os.path.join(self.generations_dir, f".partial-{generation_id}")
+        shutil.rmtree(path, ignore_errors=True)
         os.makedirs(os.path.join(path, REFERENCES_DIR))
         os.chmod(path, 0o711)
         return path

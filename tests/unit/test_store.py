@@ -42,6 +42,13 @@ class TestSnapshotStore(testtools.TestCase):
         self.assertEqual([], self.store.generation_ids())
         self.assertRaises(store_mod.GenerationNotFound, self.store.load, "cafe")
 
+    def test_a_partial_left_by_a_dead_process_is_replaced(self):
+        path = self.store.new_generation_dir("cafe" * 8)
+        with open(os.path.join(path, "memory.img"), "w") as f:
+            f.write("half")
+        self.assertEqual(path, self.store.new_generation_dir("cafe" * 8))
+        self.assertEqual(["references"], os.listdir(path))
+
     def test_unknown_empty_and_ambiguous_ids(self):
         make_generation(self.store, "ab12" * 8)
         make_generation(self.store, "ab34" * 8)
