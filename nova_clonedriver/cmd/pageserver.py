@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 
+import libvirt
 from oslo_config import cfg
 from oslo_log import log as logging
 
@@ -19,7 +20,7 @@ def service_config(config: cfg.ConfigOpts) -> service.ServiceConfig:
     """The daemon's settings from the [clone] and [pageserver] options."""
     options = config.pageserver
     return service.ServiceConfig(
-        state_dir=config.clone.state_dir,
+        state_dir=config.clone.state_dir, libvirt_uri=config.clone.libvirt_uri,
         listen_host=options.listen_host, listen_port=options.listen_port,
         tls_cert_file=options.tls_cert_file, tls_key_file=options.tls_key_file,
         tls_ca_file=options.tls_ca_file, node_name=options.node_name,
@@ -44,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         page_service = service.PageService(service_config(CONF))
         asyncio.run(page_service.run())
-    except (OSError, ValueError) as exc:  # certificates, ports, mount point
+    except (OSError, ValueError, libvirt.libvirtError) as exc:
+        # certificates, ports, mount point, libvirt
         LOG.error("nova-clone-pageserver cannot run: %s", exc)
         return 1
     return 0

@@ -8,7 +8,8 @@ privately share those pages, as they share a local image's.
 
 QEMU opens a memory backend file read-write even for a private mapping, so
 opens for writing are allowed and writes refused. libvirt may chown disk
-images it hands to QEMU; attribute changes are accepted and ignored.
+images it hands to QEMU; attribute changes are accepted and ignored. The
+files belong to QEMU's user with mode 0600, and the kernel enforces that.
 """
 
 from __future__ import annotations
@@ -30,9 +31,16 @@ ATTR_TIMEOUT_S = 1.0
 
 
 class PagesFS(pyfuse3.Operations):
-    def __init__(self, remote: remote_mod.RemoteGenerations) -> None:
+    """:param owner: (uid, gid) of QEMU's user: its files are that user's
+        alone (mode 0600, checked by the kernel: ``default_permissions``),
+        as a local generation's memory image is; the mount is
+        ``allow_other`` only so that QEMU may open them at all."""
+
+    def __init__(self, remote: remote_mod.RemoteGenerations,
+                 owner: tuple[int, int]) -> None:
         super().__init__()
         self.remote = remote
+        self.owner = owner
         # Stable inode numbers for (generation id, file name or "").
         self._inodes: dict[tuple[str, str], int] = {}
         self._paths: dict[int, tuple[str, str]] = {}
@@ -57,18 +65,18 @@ class PagesFS(pyfuse3.Operations):
     def _attributes(self, inode: int) -> pyfuse3.EntryAttributes:
         attrs = pyfuse3.EntryAttributes()
         attrs.st_ino = inode
-        attrs.st_uid = attrs.st_gid = 0
+        attrs.st_uid, attrs.st_gid = self.owner
         attrs.entry_timeout = attrs.attr_timeout = ATTR_TIMEOUT_S
         attrs.st_blksize = 4096
         name = ""
         if inode != ROOT_INODE:
             presented, name = self._resolve(inode)
         if not name:
-            attrs.st_mode = stat.S_IFDIR | 0o755
+            attrs.st_mode = stat.S_IFDIR | 0o711  # no listing of generations
             attrs.st_nlink = 2
             return attrs
         cached = presented.files[presented.names[name]]
-        attrs.st_mode = stat.S_IFREG | 0o444
+        attrs.st_mode = stat.S_IFREG | 0o600  # tenant memory: QEMU's user only
         attrs.st_nlink = 1
         attrs.st_size = cached.size_bytes
         attrs.st_blocks = cached.cached_bytes() // 512

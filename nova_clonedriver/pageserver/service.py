@@ -18,9 +18,11 @@ import signal
 import subprocess
 from typing import Any
 
+import libvirt
 import pyfuse3
 import pyfuse3.asyncio
 
+from nova_clonedriver.engine import hostinfo
 from nova_clonedriver.engine import store as store_mod
 from nova_clonedriver.pageserver import control
 from nova_clonedriver.pageserver import fusefs
@@ -45,6 +47,7 @@ class ServiceConfig:
     control_socket: str | None = None
     control_socket_group: str | None = None
     mount_dir: str | None = None
+    libvirt_uri: str = "qemu:///system"
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 0  # 0: no Prometheus endpoint
     reconcile_interval_s: float = 10
@@ -88,7 +91,7 @@ class PageService:
                                 cache_dir=os.path.join(config.state_dir, "page-cache"),
                                 **config.remote))
         self.remote.load_existing()
-        _mount(self.remote, self.mount_dir)
+        _mount(fusefs.PagesFS(self.remote, self._qemu_user()), self.mount_dir)
         fuse_task = loop.create_task(pyfuse3.main())
         controls = await control.serve(config.socket_path(), self._control,
                                        config.control_socket_group)
@@ -111,6 +114,14 @@ class PageService:
             pyfuse3.close(unmount=True)
             for presented in self.remote.presented.values():
                 presented.close()
+
+    def _qemu_user(self) -> tuple[int, int]:
+        """The user QEMU runs as, from libvirt (as the engine finds it)."""
+        conn = libvirt.openReadOnly(self.config.libvirt_uri)
+        try:
+            return hostinfo.qemu_user_ids(conn)
+        finally:
+            conn.close()
 
     async def _control(self, request: dict[str, Any]) -> dict[str, Any]:
         operation = request.get("op")
@@ -137,7 +148,7 @@ class PageService:
                               self.config.reconcile_interval_s)
 
 
-def _mount(remote: remote_mod.RemoteGenerations, mount_dir: str) -> None:
+def _mount(file_system: fusefs.PagesFS, mount_dir: str) -> None:
     """Mount the FUSE file system, replacing a mount a crashed run left."""
     if os.path.abspath(mount_dir) in _mount_points():
         LOG.warning("Unmounting %s left by an earlier run", mount_dir)
@@ -146,8 +157,8 @@ def _mount(remote: remote_mod.RemoteGenerations, mount_dir: str) -> None:
                            capture_output=True)
     os.makedirs(mount_dir, exist_ok=True)
     pyfuse3.asyncio.enable()
-    pyfuse3.init(fusefs.PagesFS(remote), mount_dir,
-                 {"fsname=nova-clone-pages", "allow_other"})
+    pyfuse3.init(file_system, mount_dir,
+                 {"fsname=nova-clone-pages", "allow_other", "default_permissions"})
 
 
 def _mount_points() -> set[str]:

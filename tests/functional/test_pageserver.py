@@ -178,6 +178,14 @@ class TestPageService(base.LibvirtTestCase):
         chunk = self.data_chunks(generation)[-1]
         self.assertSameBytes(self.memory_chunk_at_origin(generation, chunk),
                              self.read_chunk(node, generation, chunk))
+        # Tenant memory: QEMU's user (and root) only, as a local image.
+        image = node.mount_path(generation.id)
+        self.assertEqual((os.stat(generation.memory_image).st_uid, 0o600),
+                         (os.stat(image).st_uid, os.stat(image).st_mode & 0o777))
+        stranger = subprocess.run(["runuser", "-u", "nobody", "--", "head", "-c1", image],
+                                  capture_output=True, text=True)
+        self.assertNotEqual(0, stranger.returncode)
+        self.assertIn("Permission denied", stranger.stderr)
         self.assertIn("node-shared", [p.node for p in
                                       self.engine_a.store.peer_references(generation)])
         presented = api.CloneEngine(self.conn, node.state_dir).store.load(generation.id)
