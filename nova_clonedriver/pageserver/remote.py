@@ -198,11 +198,19 @@ class RemoteGenerations:
             except store_mod.GenerationNotFound as exc:
                 LOG.error("Skipping a damaged generation: %s", exc)
                 continue
-            if generation.origin:
+            if not generation.origin:
+                continue
+            try:
                 presented = self._present(generation, self._file_sizes(generation))
-                dropped = sum(f.forget_unverifiable() for f in presented.files.values())
-                LOG.info("Presenting %s of %s again (%d cached chunks to fetch again)",
-                         generation.id, generation.origin, dropped)
+            except OSError as exc:  # its cache is gone: attach it anew
+                LOG.error("Cannot present %s of %s again (%s); dropping it",
+                          generation.id, generation.origin, exc)
+                with contextlib.suppress(store_mod.GenerationInUse):
+                    self.store.remove_generation(generation)
+                continue
+            dropped = sum(f.forget_unverifiable() for f in presented.files.values())
+            LOG.info("Presenting %s of %s again (%d cached chunks to fetch again)",
+                     generation.id, generation.origin, dropped)
 
     async def attach(self, generation_id: str, origin: str,
                      prefetch: str = "none") -> dict[str, Any]:
@@ -401,18 +409,22 @@ class RemoteGenerations:
                 "prefetch_ms": round(elapsed_ms, 1)}
 
     async def _complete_in_background(self, presented: Presented) -> None:
+        """Fetch what is missing at ``background_fetch_mib_per_s``; a batch
+        that fails is left for clones to ask for (and logged)."""
         rate = self.settings.background_fetch_mib_per_s * 2**20
         for number, cached in presented.files.items():
             missing = cached.missing()
             for start in range(0, len(missing), BACKGROUND_BATCH_CHUNKS):
                 batch = missing[start:start + BACKGROUND_BATCH_CHUNKS]
-                try:
+                with contextlib.suppress(Exception):  # _fetch logged it
                     await presented.ensure(number, batch, bulk=True)
-                except Exception as exc:
-                    LOG.warning("Background fetch of %s paused: %s",
-                                presented.generation.id, exc)
                 await asyncio.sleep(len(batch) * cached.chunk_size_bytes / rate)
-        LOG.info("Generation %s is complete in the cache", presented.generation.id)
+        left = sum(len(f.missing()) for f in presented.files.values())
+        if left:
+            LOG.warning("Background fetch of %s ended with %d chunks missing",
+                        presented.generation.id, left)
+        else:
+            LOG.info("Generation %s is complete in the cache", presented.generation.id)
 
     async def _check_backing_files(self, generation: store_mod.Generation) -> None:
         """A qcow2 base may have a backing file (a nova master's image in the

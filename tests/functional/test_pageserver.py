@@ -206,6 +206,17 @@ class TestPageService(base.LibvirtTestCase):
                                   "0" * 32, "nfs://server/export")
         self.assertIn("no page service transport 'nfs'", str(error))
 
+    def test_background_completion_fetches_everything_at_a_bounded_rate(self):
+        node = self.add_node("node-background", release_idle_s=3600,
+                             background_fetch_mib_per_s=200)
+        node.client.attach(self.generation.id, self.node_a.address)
+        wait_until(lambda: (self.remote_stats(node, self.generation.id)["chunks_cached"]
+                            == self.remote_stats(node, self.generation.id)["chunks_total"]),
+                   60, "the background completion")
+        stats = self.remote_stats(node, self.generation.id)
+        self.assertGreater(stats["bytes_fetched"], PATTERN_MIB * CHUNK)
+        self.assertIn("is complete in the cache", node.log())
+
     def test_full_prefetch_makes_a_node_independent_of_the_origin(self):
         generation = self.engine_a.bless(self.master.name())
         node = self.add_node("node-full", release_idle_s=3600)
