@@ -117,7 +117,8 @@ def _section(result: dict[str, Any], plot: str | None = None) -> str:
             f"``{result['command']}`` ({result['started_at']}; {machine['cores']} cores, "
             f"{machine['memory_gib']} GiB, {machine['accelerator']}, {machine['qemu']}, "
             f"libvirt {machine['libvirt']})\n\n"
-            f".. csv-table::\n   :header: {header_csv}\n\n"
+            + (f"{result['result']['note']}\n\n" if "note" in result["result"] else "")
+            + f".. csv-table::\n   :header: {header_csv}\n\n"
             f"{csv}\n"
             + (f"\n.. image:: benchmarks/plots/{plot}\n" if plot else ""))
 
