@@ -24,6 +24,13 @@ def _spread(s: dict[str, float]) -> str:
     return f"{s['median']:.0f} ({s['min']:.0f}-{s['max']:.0f}, n={s['n']})"
 
 
+def _ksm_time(row: dict[str, Any]) -> str:
+    if "ksm_converge_s" not in row:
+        return "-"
+    unfinished = "" if row.get("ksm_converged", True) else " (not converged)"
+    return f"{row['ksm_converge_s']}{unfinished} / {row['ksm_cpu_s']}"
+
+
 def table(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     data = result["result"]
     kind = result["scenario"]
@@ -47,8 +54,7 @@ def table(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
                 f"{row['clone_host_mib_idle']:.0f} / {row['clone_host_mib_after_read']:.0f}",
                 f"{row['eager_all_ready_ms']:.0f}", f"{row['eager_host_mib']:.0f}",
                 f"{row['ksm_host_mib']:.0f}" if "ksm_host_mib" in row else "-",
-                (f"{row['ksm_converge_s']} / {row['ksm_cpu_s']}"
-                 if "ksm_converge_s" in row else "-"),
+                _ksm_time(row),
                 f"{row['guest_memory_mib'] / row['clone_host_mib_after_read']:.1f}x"])
         return header, rows
     if kind == "divergence":

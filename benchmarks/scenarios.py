@@ -120,6 +120,7 @@ def _eager_burst(bench: common.Bench, eager: common.EagerCopies, count: int,
         merged = ksm.merge_until_converged()
         result.update({"ksm_host_mib": hostmem.domains_pss_mib(names),
                        "ksm_converge_s": merged["seconds"],
+                       "ksm_converged": merged["converged"],
                        "ksm_cpu_s": merged["ksmd_cpu_s"],
                        "ksm_pages_sharing": merged["pages_sharing"]})
     for name, path in prepared:
