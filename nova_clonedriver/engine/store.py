@@ -114,8 +114,11 @@ def _read_records(directory: str, record: type[Record]) -> list[Record]:
     records = []
     for name in sorted(os.listdir(directory)):
         if name.endswith(".json"):
-            with open(os.path.join(directory, name)) as f:
-                records.append(record(**json.load(f)))
+            try:
+                with open(os.path.join(directory, name)) as f:
+                    records.append(record(**json.load(f)))
+            except FileNotFoundError:
+                continue  # dropped meanwhile (a clone deleted in parallel)
     return records
 
 

@@ -1,4 +1,5 @@
 import os
+from unittest import mock
 
 import fixtures
 import testtools
@@ -41,6 +42,22 @@ class TestSnapshotStore(testtools.TestCase):
         self.store.new_generation_dir("cafe" * 8)
         self.assertEqual([], self.store.generation_ids())
         self.assertRaises(store_mod.GenerationNotFound, self.store.load, "cafe")
+
+    def test_a_reference_dropped_while_listing_is_skipped(self):
+        generation = make_generation(self.store, "ab12" * 8)
+        for clone in ("c1", "c2"):
+            self.store.add_reference(generation, store_mod.CloneReference(
+                uuid=clone, name=clone, generation=generation.id, directory="/x",
+                created_at="2026-11-27T00:00:00+00:00", overlays={}, mac_addresses=[]))
+        real_open = open
+
+        def open_after_a_parallel_delete(path, *args, **kwargs):
+            if path.endswith("c1.json"):
+                self.store.drop_reference(generation, "c1")
+            return real_open(path, *args, **kwargs)
+
+        with mock.patch("builtins.open", open_after_a_parallel_delete):
+            self.assertEqual(["c2"], [r.uuid for r in self.store.references(generation)])
 
     def test_a_partial_left_by_a_dead_process_is_replaced(self):
         path = self.store.new_generation_dir("cafe" * 8)
