@@ -13,6 +13,7 @@ and stops the cloud). Not part of the project's CI, which runs stestr on
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import re
@@ -57,6 +58,41 @@ def heartbeats(server: str) -> list[int]:
         openstack("console", "log", "show", server, parse=False))]
 
 
+def first_heartbeats_after(names: list[str], since: float, timeout_s: float = 900) -> float:
+    """Seconds from ``since`` until every server of ``names`` exists and its
+    console shows a heartbeat; polled with openstacksdk (a CLI call per
+    server and round would take seconds)."""
+    import openstack as sdk  # the cloud's venv has it; the OS_* variables are set
+
+    conn = sdk.connect()
+    pending = set(names)
+    deadline = since + timeout_s
+    while pending:
+        for name in sorted(pending):
+            server = conn.compute.find_server(name, ignore_missing=True)
+            if server is None or server.status != "ACTIVE":
+                continue
+            output = conn.compute.get_server_console_output(server)["output"]
+            if HEARTBEAT.search(output):
+                pending.discard(name)
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no heartbeat from {sorted(pending)} after {timeout_s} s")
+        time.sleep(0.5)
+    return time.monotonic() - since
+
+
+def last_update_s(stack: str) -> float:
+    """Heat's own time of the stack's last update: its UPDATE_IN_PROGRESS
+    to UPDATE_COMPLETE events."""
+    events = [e for e in openstack("stack", "event", "list", stack)
+              if e["resource_name"] == stack]
+    times = {}
+    for event in events:  # oldest first: the last update's wins
+        times[event["resource_status"]] = datetime.datetime.fromisoformat(
+            event["event_time"].replace("Z", "+00:00"))
+    return (times["UPDATE_COMPLETE"] - times["UPDATE_IN_PROGRESS"]).total_seconds()
+
+
 def servers(name_regex: str) -> dict[str, dict]:
     return {s["Name"]: s for s in openstack("server", "list", "--name", name_regex)}
 
@@ -92,11 +128,12 @@ class TestCloneCloud(unittest.TestCase):
         self.master = f"{PREFIX}-master"
         self.live_image = f"{PREFIX}-live"
         self.stack = f"{PREFIX}-stack"
+        self.boot_stack = f"{PREFIX}-boot-stack"
         self.addCleanup(self._cleanup)
 
     def _cleanup(self):
         """Best effort: what a failed run left, in dependency order."""
-        for args in (["stack", "delete", "--yes", "--wait", self.stack],
+        for args in (["stack", "delete", "--yes", "--wait", self.stack, self.boot_stack],
                      ["server", "delete", "--wait",
                       *[s["ID"] for s in servers(f"^{PREFIX}-").values()]],
                      ["image", "delete", self.live_image]):
@@ -157,51 +194,84 @@ class TestCloneCloud(unittest.TestCase):
         self.assertEqual({}, servers(f"^{PREFIX}-clones-"))
         wait(lambda: not clones_in_store(), 60, clones_in_store)
 
-        # 4. A Heat cluster of the live image: 4, then 12, then 2.
-        def members():
-            return {name: s["Status"] for name, s in servers(r"^clone-\d+$").items()}
-
-        for count, verb in ((4, "create"), (12, "update"), (2, "update")):
-            args = ["stack", verb, "--wait", "--parameter", f"count={count}"]
-            if verb == "create":
-                args += ["-t", TEMPLATE, "--parameter", f"live_image={self.live_image}",
-                         "--parameter", "clone_flavor=m1.guest.clone"]
-            else:
-                args += ["--existing"]
-            # (--wait prints the stack's events before the result)
-            openstack(*args, self.stack, parse=False)
-            stack = openstack("stack", "show", self.stack)
-            self.assertEqual(f"{verb.upper()}_COMPLETE", stack["stack_status"],
-                             stack.get("stack_status_reason"))
-            expected = {f"clone-{i}": "ACTIVE" for i in range(count)}
-            wait(lambda e=expected: members() == e, 120,
-                 lambda c=count: f"stack members {members()}, not {c}")
-            names = openstack("stack", "output", "show", self.stack, "server_names")
-            self.assertEqual([f"clone-{i}" for i in range(count)], names["output_value"])
-            self.assertEqual(count, len(clones_in_store()))
-            for name in expected:
-                self.assertGreater(wait(lambda n=name: heartbeats(n), 120,
-                                        lambda n=name: f"no heartbeat from {n}")[0],
-                                   hb_before, name)
+        # 4. A Heat cluster of the live image: 4, then 12, then 2; then
+        # the same stack with the normal flavor and image, 4 then 12.
+        clone_growth = self._cluster(self.stack, "clone", self.live_image,
+                                     "m1.guest.clone", (4, 12, 2), hb_before)
+        openstack("stack", "delete", "--yes", "--wait", self.stack, parse=False)
+        boot_growth = self._cluster(self.boot_stack, "boot", "guest", "m1.guest",
+                                    (4, 12), 0)
+        openstack("stack", "delete", "--yes", "--wait", self.boot_stack, parse=False)
 
         # 5. Delete it all: nothing of the cloud's is left on the host.
-        openstack("stack", "delete", "--yes", "--wait", self.stack, parse=False)
         openstack("image", "delete", self.live_image, parse=False)
         openstack("server", "delete", "--wait", self.master, parse=False)
         self.assertEqual({}, servers(f"^{PREFIX}-"))
-        self.assertEqual({}, members())
+        self.assertEqual({}, servers(r"^(clone|boot)-\d+$"))
         wait(lambda: not cloud_domains(), 60, cloud_domains)
         self.assertEqual([], clones_in_store())
-        # The live image's generation is freed by the driver's image-cache
-        # pass once Glance says the image is gone; report whether it was.
-        generation = properties["clone_generation"]
-        left = os.path.exists(os.path.join(STATE_DIR, "generations", generation))
-        print(f"\ngeneration {generation} of the deleted live image: "
-              f"{'still in the store' if left else 'freed'}")
+        # The driver frees the deleted live image's generation in its next
+        # image-cache pass ([image_cache] manager_interval = 60 here).
+        generation = os.path.join(STATE_DIR, "generations", properties["clone_generation"])
+        t_deleted = time.monotonic()
+        wait(lambda: not os.path.exists(generation), 180,
+             lambda: f"{generation} of the deleted live image is still there")
         self.assertEqual([], problems)
         print(f"\nclones: 8 POST to all ACTIVE {post_to_active:.1f} s; master hb "
               f"{hb_before}..{hb_after} around the bless, clones' first hb "
-              f"{sorted(first_hbs.values())}; test {time.monotonic() - started:.0f} s")
+              f"{sorted(first_hbs.values())}")
+        for what, growth in (("clone flavor", clone_growth), ("normal flavor", boot_growth)):
+            print(f"Heat stack 4 -> 12, {what}: UPDATE_COMPLETE after "
+                  f"{growth['update_s']:.0f} s (Heat's events), all 8 new guests "
+                  f"heard from after {growth['heartbeats_s']:.1f} s")
+        print(f"generation freed {time.monotonic() - t_deleted:.0f} s after its image "
+              f"was deleted; test {time.monotonic() - started:.0f} s")
+
+    def _cluster(self, stack: str, prefix: str, image: str, flavor: str,
+                 counts: tuple[int, ...], min_heartbeat: int) -> dict[str, float]:
+        """Create the ResourceGroup stack with counts[0] servers, update it
+        to each next count and check the servers follow; returns the times
+        of the update from 4 to 12: Heat's (stack events) and until every
+        new guest's console shows a heartbeat."""
+        def members():
+            return {name: s["Status"] for name, s in servers(f"^{prefix}-\\d+$").items()}
+
+        growth = {}
+        verbs = ("create",) + ("update",) * (len(counts) - 1)
+        for count, verb in zip(counts, verbs, strict=True):
+            args = ["stack", verb, "--wait", "--parameter", f"count={count}"]
+            if verb == "create":
+                args += ["-t", TEMPLATE, "--parameter", f"live_image={image}",
+                         "--parameter", f"clone_flavor={flavor}",
+                         "--parameter", f"name_prefix={prefix}"]
+            else:
+                args += ["--existing"]
+            # (--wait prints the stack's events before the result)
+            update = subprocess.Popen(["openstack", *args, stack], stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True)
+            t_update = time.monotonic()
+            if (verb, count) == ("update", 12):
+                growth["heartbeats_s"] = first_heartbeats_after(
+                    [f"{prefix}-{i}" for i in range(4, 12)], t_update)
+            _, err = update.communicate(timeout=900)
+            self.assertEqual(0, update.returncode, err[-2000:])
+            stack_shown = openstack("stack", "show", stack)
+            self.assertEqual(f"{verb.upper()}_COMPLETE", stack_shown["stack_status"],
+                             stack_shown.get("stack_status_reason"))
+            if (verb, count) == ("update", 12):
+                growth["update_s"] = last_update_s(stack)
+            expected = {f"{prefix}-{i}": "ACTIVE" for i in range(count)}
+            wait(lambda e=expected: members() == e, 120,
+                 lambda c=count: f"stack members {members()}, not {c}")
+            names = openstack("stack", "output", "show", stack, "server_names")
+            self.assertEqual([f"{prefix}-{i}" for i in range(count)], names["output_value"])
+            if image == self.live_image:
+                self.assertEqual(count, len(clones_in_store()))
+            for name in expected:
+                self.assertGreater(wait(lambda n=name: heartbeats(n), 180,
+                                        lambda n=name: f"no heartbeat from {n}")[0],
+                                   min_heartbeat, name)
+        return growth
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import json
 from typing import Any
 
 import libvirt
+from nova import context as nova_context
 from nova import exception
 from nova.compute import task_states
 from nova.privsep import path as nova_privsep_path
@@ -44,6 +45,15 @@ TRAIT_LIVE_CLONE = "CUSTOM_LIVE_CLONE"
 def is_clone_flavor(flavor: Any) -> bool:
     # The same reading of booleans as nova's extra-spec validator.
     return strutils.bool_from_string((flavor.extra_specs or {}).get(extra_specs.ENABLED))
+
+
+def _call_or_error(function: Any, *args: Any) -> Any:
+    """``function(*args)``, or the exception it raised: logged outside the
+    handler, so oslo.log does not append the error a second time."""
+    try:
+        return function(*args)
+    except Exception as exc:
+        return exc
 
 
 class CloneDriver(libvirt_driver.LibvirtDriver):
@@ -298,15 +308,24 @@ class CloneDriver(libvirt_driver.LibvirtDriver):
 
     def manage_image_cache(self, context: Any, all_instances: Any) -> None:
         super().manage_image_cache(context, all_instances)
-        self._free_generations_of_deleted_images(context)
+        self._free_generations_of_deleted_images()
 
-    def _free_generations_of_deleted_images(self, context: Any) -> None:
-        for generation_id, image_id in self._live_images.items():
-            try:
-                if self._image_api.get(context, image_id).get("status") != "deleted":
-                    continue
-            except exception.ImageNotFound:
-                pass
+    def _free_generations_of_deleted_images(self) -> None:
+        live = self._live_images.items()
+        if not live:
+            return
+        # The periodic task's context carries no token, so Glance is asked
+        # as nova's service user ([service_user], which nova also needs for
+        # its service tokens); it must see every project's images.
+        context = _call_or_error(nova_context.get_nova_service_user_context)
+        if isinstance(context, Exception):  # bad configuration or keystone down
+            LOG.warning("Cannot ask Glance whether the live images of generations "
+                        "%s still exist, so they are kept: %s: %s",
+                        ", ".join(g for g, _ in live), type(context).__name__, context)
+            return
+        for generation_id, image_id in live:
+            if self._live_image_exists(context, image_id):
+                continue
             try:
                 self.clone_engine.discard(generation_id)
             except api.GenerationInUse as exc:
@@ -318,6 +337,18 @@ class CloneDriver(libvirt_driver.LibvirtDriver):
             self._live_images.forget(generation_id)
             LOG.info("Freed generation %s: its live image %s is deleted and no "
                      "clone uses it any more", generation_id, image_id)
+
+    def _live_image_exists(self, context: Any, image_id: str) -> bool:
+        """False only when Glance says the image is gone; an error keeps it."""
+        image = _call_or_error(self._image_api.get, context, image_id)
+        if isinstance(image, exception.ImageNotFound):
+            return False
+        if isinstance(image, Exception):  # Glance unreachable or refusing
+            LOG.warning("Cannot ask Glance whether live image %s still exists, "
+                        "keeping its generation: %s: %s", image_id,
+                        type(image).__name__, image)
+            return True
+        return image.get("status") != "deleted"
 
     def update_provider_tree(self, provider_tree: Any, nodename: str,
                              allocations: Any = None) -> None:

@@ -1,8 +1,8 @@
 """Which live image each generation blessed on this host belongs to.
 
-Glance does not tell nova when an image is deleted, so the driver looks
-during its periodic image-cache pass: a generation whose live image is gone
-is freed once its last clone is gone too.
+Glance does not tell nova when an image is deleted, so the driver asks it
+(as nova's service user) during its periodic image-cache pass: a
+generation whose live image is gone is freed once its last clone is gone.
 """
 
 from __future__ import annotations

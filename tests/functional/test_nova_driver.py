@@ -274,6 +274,10 @@ class TestCloneDriver(base.LibvirtTestCase):
         clone = self._instance(2, 256, {"clone:enabled": "true"}, deleted_id)
         self._spawn(clone)
         del self.images.images[deleted_id]  # deleted in Glance
+        # (Glance is asked as nova's service user; see tests/unit/
+        # test_live_image_deletion.py for how it decides.)
+        self.useFixture(fixtures.MockPatchObject(
+            nova_context, "get_nova_service_user_context", return_value=self.context))
         self.driver.manage_image_cache(self.context, [])
         self.assertEqual({kept, deleted}, set(store.generation_ids()))
         self.driver.destroy(self.context, clone, network_info=[])
