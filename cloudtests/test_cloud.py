@@ -21,6 +21,8 @@ import subprocess
 import time
 import unittest
 
+from tests import waiting
+
 ROOT = os.environ.get("MINICLOUD_ROOT", "/var/lib/minicloud")
 STATE_DIR = os.path.join(ROOT, "nova", "clones")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,17 +42,6 @@ def openstack(*args: str, parse: bool = True, timeout: float = 600):
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}): "
                              f"{proc.stderr.strip()[-2000:]}")
     return json.loads(proc.stdout) if parse else proc.stdout
-
-
-def wait(condition, timeout_s: float, what, interval_s: float = 2):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s: {what()}")
-        time.sleep(interval_s)
 
 
 def heartbeats(server: str) -> list[int]:
@@ -148,8 +139,8 @@ class TestCloneCloud(unittest.TestCase):
                            "--nic", "none", "--wait", self.master)
         self.assertEqual("ACTIVE", master["status"])
         self.assertTrue(master["OS-EXT-SRV-ATTR:instance_name"].startswith(DOMAIN_PREFIX))
-        wait(lambda: max(heartbeats(self.master) or [0]) >= 5, 180,
-             lambda: f"no heartbeat 5 from the master: {heartbeats(self.master)}")
+        waiting.wait(lambda: max(heartbeats(self.master) or [0]) >= 5, 180,
+                     lambda: f"no heartbeat 5 from the master: {heartbeats(self.master)}")
 
         # 2. The live image (bless).
         hb_before = heartbeats(self.master)[-1]
@@ -174,8 +165,8 @@ class TestCloneCloud(unittest.TestCase):
         self.assertEqual({"ACTIVE"}, {c["Status"] for c in clones.values()})
         first_hbs = {}
         for name in clones:
-            hbs = wait(lambda n=name: heartbeats(n), 120,
-                       lambda n=name: f"no heartbeat from {n}")
+            hbs = waiting.wait(lambda n=name: heartbeats(n), 120,
+                               lambda n=name: f"no heartbeat from {n}")
             first_hbs[name] = hbs[0]
             # It goes on from the master's count at the bless, not from 0.
             self.assertGreater(hbs[0], hb_before, name)
@@ -192,7 +183,7 @@ class TestCloneCloud(unittest.TestCase):
             problems.append(f"deleting {name} failed: {server['Status']} {fault}")
             openstack("server", "delete", "--wait", server["ID"], parse=False)
         self.assertEqual({}, servers(f"^{PREFIX}-clones-"))
-        wait(lambda: not clones_in_store(), 60, clones_in_store)
+        waiting.wait(lambda: not clones_in_store(), 60, clones_in_store)
 
         # 4. A Heat cluster of the live image: 4, then 12, then 2; then
         # the same stack with the normal flavor and image, 4 then 12.
@@ -208,14 +199,14 @@ class TestCloneCloud(unittest.TestCase):
         openstack("server", "delete", "--wait", self.master, parse=False)
         self.assertEqual({}, servers(f"^{PREFIX}-"))
         self.assertEqual({}, servers(r"^(clone|boot)-\d+$"))
-        wait(lambda: not cloud_domains(), 60, cloud_domains)
+        waiting.wait(lambda: not cloud_domains(), 60, cloud_domains)
         self.assertEqual([], clones_in_store())
         # The driver frees the deleted live image's generation in its next
         # image-cache pass ([image_cache] manager_interval = 60 here).
         generation = os.path.join(STATE_DIR, "generations", properties["clone_generation"])
         t_deleted = time.monotonic()
-        wait(lambda: not os.path.exists(generation), 180,
-             lambda: f"{generation} of the deleted live image is still there")
+        waiting.wait(lambda: not os.path.exists(generation), 180,
+                     f"{generation} of the deleted live image is still there")
         self.assertEqual([], problems)
         print(f"\nclones: 8 POST to all ACTIVE {post_to_active:.1f} s; master hb "
               f"{hb_before}..{hb_after} around the bless, clones' first hb "
@@ -261,15 +252,15 @@ class TestCloneCloud(unittest.TestCase):
             if (verb, count) == ("update", 12):
                 growth["update_s"] = last_update_s(stack)
             expected = {f"{prefix}-{i}": "ACTIVE" for i in range(count)}
-            wait(lambda e=expected: members() == e, 120,
-                 lambda c=count: f"stack members {members()}, not {c}")
+            waiting.wait(lambda e=expected: members() == e, 120,
+                         lambda c=count: f"stack members {members()}, not {c}")
             names = openstack("stack", "output", "show", stack, "server_names")
             self.assertEqual([f"{prefix}-{i}" for i in range(count)], names["output_value"])
             if image == self.live_image:
                 self.assertEqual(count, len(clones_in_store()))
             for name in expected:
-                self.assertGreater(wait(lambda n=name: heartbeats(n), 180,
-                                        lambda n=name: f"no heartbeat from {n}")[0],
+                self.assertGreater(waiting.wait(lambda n=name: heartbeats(n), 180,
+                                                lambda n=name: f"no heartbeat from {n}")[0],
                                    min_heartbeat, name)
         return growth
 

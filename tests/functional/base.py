@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import time
 import uuid
 import xml.etree.ElementTree as ET
 
@@ -15,6 +14,7 @@ import testtools
 from nova_clonedriver.engine import api
 from nova_clonedriver.guest import agent as agent_mod
 from nova_clonedriver.guest import testguest
+from tests import waiting
 
 # QEMU's user must reach the store, so not a mktemp folder under /tmp's 0700.
 TEST_ROOT = "/var/tmp/ncd-tests"
@@ -76,8 +76,5 @@ def disk_path(domain: libvirt.virDomain) -> str:
 
 def wait_for_ipv4(client: agent_mod.AgentClient, timeout_s: float = 30) -> None:
     """Until the guest's NIC has its DHCP lease (the guest is settled)."""
-    deadline = time.monotonic() + timeout_s
-    while not any(nic["ipv4"] for nic in client.request("identity")["nics"]):
-        if time.monotonic() > deadline:
-            raise agent_mod.AgentError("the guest got no IPv4 address")
-        time.sleep(0.5)
+    waiting.wait(lambda: any(nic["ipv4"] for nic in client.request("identity")["nics"]),
+                 timeout_s, "the guest got no IPv4 address")

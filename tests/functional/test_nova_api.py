@@ -49,6 +49,7 @@ from sqlalchemy import exc as sqla_exc
 from nova_clonedriver import conf  # noqa: F401 (registers [clone] for self.flags)
 from nova_clonedriver.engine import api as engine_api
 from nova_clonedriver.guest import testguest
+from tests import waiting
 from tests.functional import base
 
 PATTERN_MIB = 32
@@ -66,19 +67,6 @@ _REAL = {
     "glob.glob": glob.glob,
     "os.listdir": os.listdir,
 }
-
-
-def _wait(condition, timeout_s, what, interval_s=0.5):
-    """Poll ``condition`` (time.sleep yields to nova's greenthreads) until it
-    returns something true; fail with ``what()`` after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s: {what()}")
-        time.sleep(interval_s)
 
 
 class TestLiveClonesThroughNovaAPI(integrated_helpers.ProviderUsageBaseTestCase):
@@ -196,9 +184,10 @@ class TestLiveClonesThroughNovaAPI(integrated_helpers.ProviderUsageBaseTestCase)
                 raise AssertionError(f"server {server_id} went ERROR, not {status}: "
                                      f"{server.get('fault')}")
             return None
-        return _wait(reached, timeout_s,
-                     lambda: f"server {server_id} is "
-                             f"{self.api.get_server(server_id)['status']}, not {status}")
+        return waiting.wait(reached, timeout_s,
+                            lambda: f"server {server_id} is "
+                                    f"{self.api.get_server(server_id)['status']}, "
+                                    f"not {status}")
 
     def _wait_error(self, server_id, timeout_s=120):
         def failed():
@@ -206,13 +195,13 @@ class TestLiveClonesThroughNovaAPI(integrated_helpers.ProviderUsageBaseTestCase)
             if server["status"] == "ACTIVE":
                 raise AssertionError(f"server {server_id} went ACTIVE, not ERROR")
             return server if server["status"] == "ERROR" else None
-        return _wait(failed, timeout_s, lambda: f"server {server_id} is not ERROR")
+        return waiting.wait(failed, timeout_s, lambda: f"server {server_id} is not ERROR")
 
     def _wait_gone(self, server_ids, timeout_s=120):
         def gone():
             left = {s["id"] for s in self.api.get_servers(detail=False)}
             return not left & set(server_ids)
-        _wait(gone, timeout_s, lambda: f"servers {server_ids} not deleted")
+        waiting.wait(gone, timeout_s, lambda: f"servers {server_ids} not deleted")
 
     def _console(self, server_id):
         path = os.path.join(self.instances_path, server_id, "console.log")
@@ -226,9 +215,9 @@ class TestLiveClonesThroughNovaAPI(integrated_helpers.ProviderUsageBaseTestCase)
         return [int(n) for n in HEARTBEAT.findall(self._console(server_id))]
 
     def _wait_heartbeat(self, server_id, timeout_s=180):
-        return _wait(lambda: self._heartbeats(server_id), timeout_s,
-                     lambda: f"no heartbeat from {server_id}: "
-                             f"{self._console(server_id)[-2000:]!r}", interval_s=1)
+        return waiting.wait(lambda: self._heartbeats(server_id), timeout_s,
+                            lambda: f"no heartbeat from {server_id}: "
+                                    f"{self._console(server_id)[-2000:]!r}", interval_s=1)
 
     def _console_request(self, server_id, command, timeout_s=30):
         """Type ``<id> <command>`` on the server's serial console (the pty of
@@ -293,9 +282,9 @@ class TestLiveClonesThroughNovaAPI(integrated_helpers.ProviderUsageBaseTestCase)
         master = self._wait_status(master["id"], "ACTIVE")
         # Let it run a few seconds, so that carrying on from the master's
         # count is told apart from starting again.
-        _wait(lambda: max(self._heartbeats(master["id"]) or [0]) >= 5, 180,
-              lambda: f"no heartbeat 5 from {master['id']}: "
-                      f"{self._console(master['id'])[-2000:]!r}", interval_s=1)
+        waiting.wait(lambda: max(self._heartbeats(master["id"]) or [0]) >= 5, 180,
+                     lambda: f"no heartbeat 5 from {master['id']}: "
+                             f"{self._console(master['id'])[-2000:]!r}", interval_s=1)
         filled = FILLED.search(self._console(master["id"]))
         self.assertIsNotNone(filled, self._console(master["id"]))
         self.assertEqual((str(PATTERN_MIB), str(base.PATTERN_SEED)), filled.groups()[:2])
@@ -311,7 +300,7 @@ class TestLiveClonesThroughNovaAPI(integrated_helpers.ProviderUsageBaseTestCase)
             image = self.glance.show(None, image_id)
             return image if (image["status"] == "active"
                              and "clone_generation" in image["properties"]) else None
-        image = _wait(image_ready, 120, lambda: self.glance.show(None, image_id))
+        image = waiting.wait(image_ready, 120, lambda: self.glance.show(None, image_id))
         bless_s = time.monotonic() - t_bless
         self._wait_for_server_parameter(master, {"OS-EXT-STS:task_state": None})
         properties = image["properties"]
@@ -338,7 +327,7 @@ class TestLiveClonesThroughNovaAPI(integrated_helpers.ProviderUsageBaseTestCase)
             if len(servers) == CLONES and all(s["status"] == "ACTIVE" for s in servers):
                 return servers
             return None
-        clones = _wait(all_active, 180, lambda: [
+        clones = waiting.wait(all_active, 180, lambda: [
             (s["id"], s["status"]) for s in self.api.get_servers(search_opts=search)])
         post_to_active_s = time.monotonic() - t_post
         clone_ids = [c["id"] for c in clones]
@@ -392,7 +381,7 @@ class TestLiveClonesThroughNovaAPI(integrated_helpers.ProviderUsageBaseTestCase)
 
         def no_usages():
             return not any(self._get_provider_usages(self.rp_uuid).values())
-        _wait(no_usages, 30, lambda: self._get_provider_usages(self.rp_uuid))
+        waiting.wait(no_usages, 30, lambda: self._get_provider_usages(self.rp_uuid))
         print(f"bless (createImage to image active) {bless_s:.1f} s; "
               f"{CLONES} clones POST to all ACTIVE {post_to_active_s:.1f} s; "
               f"master hb {last_hb_before_bless} before the bless, clones' first hb "

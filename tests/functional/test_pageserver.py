@@ -34,20 +34,13 @@ from nova_clonedriver.pageserver import tls
 from nova_clonedriver.pageserver import transport
 from nova_clonedriver.pageserver.protocol import Kind
 from tests import pki as pki_mod
+from tests import waiting
 from tests.functional import base
 from tests.functional import netns
 from tests.functional import pageservers
 
 PATTERN_MIB = 160
 CHUNK = 1 << 20
-
-
-def wait_until(condition, timeout_s: float = 30, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.3)
 
 
 class TestPageService(base.LibvirtTestCase):
@@ -135,14 +128,14 @@ class TestPageService(base.LibvirtTestCase):
                          os.path.realpath(backing))
 
         # The origin knows which clones node B runs and keeps the generation.
-        wait_until(lambda: self.peer_clones(generation) == sorted([first.uuid, second.uuid]),
-                   what="node B's clones recorded at node A")
+        waiting.wait(lambda: self.peer_clones(generation) == sorted([first.uuid, second.uuid]),
+                     30, "node B's clones recorded at node A")
         error = self.assertRaises(api.GenerationInUse, self.engine_a.discard, generation.id)
         self.assertIn("node-b", str(error))
         # ... and the first node's first clones recorded the working set.
-        wait_until(lambda: os.path.exists(os.path.join(generation.directory,
-                                                       "working-set.json")),
-                   what="the working set at node A")
+        waiting.wait(lambda: os.path.exists(os.path.join(generation.directory,
+                                                         "working-set.json")),
+                     30, "the working set at node A")
 
         # Another node prefetches that working set in one go at attach.
         node_c = self.add_node("node-c")
@@ -161,11 +154,11 @@ class TestPageService(base.LibvirtTestCase):
         # and cache go, and so does its reference at the origin.
         for clone in (first, second):
             self.engine_b.destroy_clone(clone.uuid)
-        wait_until(lambda: generation.id not in self.engine_b.store.generation_ids(),
-                   what="node B releasing the generation")
-        wait_until(lambda: "node-b" not in [p.node for p in
-                                            self.engine_a.store.peer_references(generation)],
-                   what="node A dropping node B's reference")
+        waiting.wait(lambda: generation.id not in self.engine_b.store.generation_ids(),
+                     30, "node B releasing the generation")
+        waiting.wait(lambda: "node-b" not in [p.node for p in
+                                              self.engine_a.store.peer_references(generation)],
+                     30, "node A dropping node B's reference")
         self.assertFalse(os.path.exists(
             os.path.join(self.node_b.state_dir, "page-cache", generation.id)))
 
@@ -210,9 +203,9 @@ class TestPageService(base.LibvirtTestCase):
         node = self.add_node("node-background", release_idle_s=3600,
                              background_fetch_mib_per_s=200)
         node.client.attach(self.generation.id, self.node_a.address)
-        wait_until(lambda: (self.remote_stats(node, self.generation.id)["chunks_cached"]
-                            == self.remote_stats(node, self.generation.id)["chunks_total"]),
-                   60, "the background completion")
+        waiting.wait(lambda: (self.remote_stats(node, self.generation.id)["chunks_cached"]
+                              == self.remote_stats(node, self.generation.id)["chunks_total"]),
+                     60, "the background completion")
         stats = self.remote_stats(node, self.generation.id)
         self.assertGreater(stats["bytes_fetched"], PATTERN_MIB * CHUNK)
         self.assertIn("is complete in the cache", node.log())
