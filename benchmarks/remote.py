@@ -22,10 +22,10 @@ from benchmarks import common
 from benchmarks import link
 from nova_clonedriver.engine import api
 from nova_clonedriver.guest import testguest
+from nova_clonedriver.pageserver import localnode
+from nova_clonedriver.pageserver import pki as pki_mod
 from nova_clonedriver.pageserver import tls
-from tests import pki as pki_mod
 from tests.functional import netns
-from tests.functional import pageservers
 
 MODES = ("none", "working-set", "full")
 WORKING_SET_WINDOW_S = 3
@@ -35,7 +35,7 @@ STREAM_MIB = 256
 def run(memory_mib: int, delays_ms: list[int]) -> dict[str, Any]:
     bench = common.Bench()
     network = netns.Network(bench.prefix[-6:])
-    nodes: list[pageservers.Node] = []
+    nodes: list[localnode.LocalNode] = []
     try:
         return _measure(bench, network.host("origin"), nodes, memory_mib, delays_ms)
     finally:
@@ -47,12 +47,12 @@ def run(memory_mib: int, delays_ms: list[int]) -> dict[str, Any]:
         bench.close()
 
 
-def _measure(bench: common.Bench, origin_host: netns.Host, nodes: list[pageservers.Node],
+def _measure(bench: common.Bench, origin_host: netns.Host, nodes: list[localnode.LocalNode],
              memory_mib: int, delays_ms: list[int]) -> dict[str, Any]:
     root = bench.state_dir
-    pki = pki_mod.TestPKI(os.path.join(root, "pki"))
-    origin = pageservers.Node("node-a", root, pki, listen_host=origin_host.address,
-                              wrapper=origin_host.wrapper, state_dir=root)
+    pki = pki_mod.ThrowawayPKI(os.path.join(root, "pki"))
+    origin = localnode.LocalNode("node-a", root, pki, listen_host=origin_host.address,
+                                   wrapper=origin_host.wrapper, state_dir=root)
     origin.start()
     nodes.append(origin)
     master = bench.master(memory_mib)
@@ -80,9 +80,9 @@ def _measure(bench: common.Bench, origin_host: netns.Host, nodes: list[pageserve
                     "a user-space proxy (no sch_netem in this kernel), each direction"}
 
 
-def _delay_rows(bench: common.Bench, root: str, pki: pki_mod.TestPKI,
-                nodes: list[pageservers.Node], origin_host: netns.Host,
-                origin: pageservers.Node,
+def _delay_rows(bench: common.Bench, root: str, pki: pki_mod.ThrowawayPKI,
+                nodes: list[localnode.LocalNode], origin_host: netns.Host,
+                origin: localnode.LocalNode,
                 generation: api.Generation, delay_ms: int,
                 proxies: dict[str, link.DelayProxy], streams: dict[str, Any]
                 ) -> list[dict[str, Any]]:
@@ -99,9 +99,9 @@ def _delay_rows(bench: common.Bench, root: str, pki: pki_mod.TestPKI,
         "tls_stream_mib_s": link.stream_mib_per_s(tls_host, tls_port, context, tls_host)}
     rows = []
     for mode in MODES:
-        node = pageservers.Node(f"node-b-{delay_ms}-{mode}", root, pki,
-                                release_idle_s=3600,
-                                working_set_window_s=WORKING_SET_WINDOW_S)
+        node = localnode.LocalNode(f"node-b-{delay_ms}-{mode}", root, pki,
+                                   release_idle_s=3600,
+                                   working_set_window_s=WORKING_SET_WINDOW_S)
         node.start()
         nodes.append(node)
         engine = api.CloneEngine(bench.conn, node.state_dir)
@@ -138,7 +138,7 @@ def _delay_rows(bench: common.Bench, root: str, pki: pki_mod.TestPKI,
 
 
 def _clone_run(bench: common.Bench, engine: api.CloneEngine, generation_id: str,
-               tag: str, node: pageservers.Node | None = None,
+               tag: str, node: localnode.LocalNode | None = None,
                settle_s: float = 0) -> dict[str, Any]:
     """Launch one clone: ms to its agent's answer, then (after ``settle_s``)
     to reading the whole pattern, and MiB ``node`` had fetched when it
@@ -162,14 +162,14 @@ def _clone_run(bench: common.Bench, engine: api.CloneEngine, generation_id: str,
     return result
 
 
-def _fetched_mib(node: pageservers.Node, generation_id: str) -> float:
+def _fetched_mib(node: localnode.LocalNode, generation_id: str) -> float:
     stats = node.client.stats()["remote"].get(generation_id, {})
     return stats.get("bytes_fetched", 0) / 2**20
 
 
-def _start_stream_servers(origin_host: netns.Host, pki: pki_mod.TestPKI,
-                          origin: pageservers.Node) -> dict[str, Any]:
-    ports = {"tcp": pageservers.free_port(), "tls": pageservers.free_port()}
+def _start_stream_servers(origin_host: netns.Host, pki: pki_mod.ThrowawayPKI,
+                          origin: localnode.LocalNode) -> dict[str, Any]:
+    ports = {"tcp": localnode.free_port(), "tls": localnode.free_port()}
     command = [*origin_host.wrapper, sys.executable, "-m", "benchmarks.link", "serve",
                origin_host.address]
     servers = [

@@ -6,6 +6,13 @@ carries on from the master's, the pattern's checksum is the master's,
 random bytes differ between clones, and the NIC carries the clone's own MAC.
 Then measures host memory and, as a baseline in the same run, an eager
 restore of a full save of the same master.
+
+The page service runs embedded: two nova-clone-pageserver processes of the
+demo's own (node A holding the snapshot, node B an empty store, with a
+throwaway CA) stand for two compute nodes, and clones launched on node B
+get their memory from A through B's page service, fetched on first touch
+over mutual TLS. Everything lives in a folder of its own under the state
+dir and is removed at the end.
 """
 
 from __future__ import annotations
@@ -26,9 +33,13 @@ from nova_clonedriver.engine import api
 from nova_clonedriver.engine import hostmem
 from nova_clonedriver.guest import agent as agent_mod
 from nova_clonedriver.guest import testguest
+from nova_clonedriver.pageserver import control
+from nova_clonedriver.pageserver import localnode
+from nova_clonedriver.pageserver import pki as pki_mod
 
 PATTERN_HEADROOM_MIB = 24  # left to the guest kernel so the agent is not OOM-killed
 PATTERN_SEED = 20091
+MIB = 1 << 20
 
 
 @dataclasses.dataclass
@@ -49,9 +60,14 @@ class CloneCheck:
 
 def run(conn: libvirt.virConnect, state_dir: str, clones: int = 8,
         memory_mib: int = 256, guest_dir: str | None = None,
-        baseline: bool = True) -> dict[str, Any]:
-    engine = api.CloneEngine(conn, state_dir)
+        baseline: bool = True, remote_clones: int = 2) -> dict[str, Any]:
+    """``remote_clones``: how many clones node B launches through the page
+    services (0: none, and no page service is started)."""
     workdir = tempfile.mkdtemp(prefix="demo-", dir=state_dir)
+    os.chmod(workdir, 0o711)  # QEMU's user reaches the store through it
+    # Node A's store: the demo's snapshot and clones stay out of the state
+    # dir's own store (and out of reach of a page service serving it).
+    engine = api.CloneEngine(conn, os.path.join(workdir, "node-a"))
     name = f"clone-demo-{uuid.uuid4().hex[:6]}"
     master, master_agent = testguest.boot(conn, name, memory_mib, workdir, guest_dir)
     generation = None
@@ -95,15 +111,77 @@ def run(conn: libvirt.virConnect, state_dir: str, clones: int = 8,
         if baseline:
             result["eager_to_clone_ratio"] = round(
                 result["eager_restore_ms"] / result["first_clone_start_ms"], 2)
+        if remote_clones:
+            result.update(_remote(conn, engine, generation, workdir, remote_clones,
+                                  f"{name}-b-clone", (expected, hb_before, hb_after)))
         return result
     finally:
         master_agent.close()
-        with concurrent.futures.ThreadPoolExecutor(8) as pool:
-            list(pool.map(engine.destroy_clone, [c.uuid for c in launched]))
-        if generation is not None:
-            engine.discard(generation.id)
-        testguest.destroy_all(conn, name)
-        shutil.rmtree(workdir, ignore_errors=True)
+        try:
+            with concurrent.futures.ThreadPoolExecutor(8) as pool:
+                list(pool.map(engine.destroy_clone, [c.uuid for c in launched]))
+            if generation is not None:
+                engine.discard(generation.id)
+        finally:
+            testguest.destroy_all(conn, name)
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _remote(conn: libvirt.virConnect, engine: api.CloneEngine, generation: api.Generation,
+            workdir: str, count: int, name_prefix: str,
+            master_state: tuple[str, int, int]) -> dict[str, Any]:
+    """Clones on node B, whose store has nothing of the snapshot: B's page
+    service presents it and fetches its memory from A's as clones touch it."""
+    pki = pki_mod.ThrowawayPKI(os.path.join(workdir, "pki"))
+    origin = localnode.LocalNode("node-a", workdir, pki, state_dir=engine.store.state_dir)
+    node_b = localnode.LocalNode("node-b", workdir, pki)
+    engine_b = api.CloneEngine(conn, node_b.state_dir)
+    launched: list[api.Clone] = []
+    try:
+        origin.start()
+        node_b.start()
+        node_b.client.attach(generation.id, origin.address)
+        launched = engine_b.launch(generation.id, count, name_prefix=name_prefix)
+        fetched_to_start = _fetched_mib(node_b, generation.id)
+        checks = [_check(engine_b, c, *master_state) for c in launched]
+        return {
+            "remote_clones_requested": count,
+            "remote_clones_ok": sum(1 for c in checks if c.ok),
+            "remote_clone_start_ms": [c.start_ms for c in checks],
+            "remote_fetched_mib_to_start": fetched_to_start,
+            "remote_fetched_mib_total": _fetched_mib(node_b, generation.id),
+            "remote_problems": {c.name: c.problems for c in checks if c.problems},
+        }
+    finally:
+        try:
+            for clone in launched:
+                engine_b.destroy_clone(clone.uuid)
+            if generation.id in engine_b.store.generation_ids():
+                _release(node_b, generation.id)
+        finally:
+            node_b.stop()
+            origin.stop()
+
+
+def _release(node: localnode.LocalNode, generation_id: str, timeout_s: float = 30) -> None:
+    """Release the snapshot at the node, which tells its origin (so the
+    origin may discard it); QEMU of a clone just destroyed may still hold
+    its memory file open for a moment."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            node.client.release(generation_id)
+            return
+        except control.PageServiceError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def _fetched_mib(node: localnode.LocalNode, generation_id: str) -> float:
+    """What the node's page service fetched from the origin for the snapshot."""
+    remote = node.client.stats()["remote"][generation_id]
+    return round(remote["bytes_fetched"] / MIB, 1)
 
 
 def pattern_size_mib(client: agent_mod.AgentClient) -> int:
@@ -169,25 +247,3 @@ def _eager_restore_ms(conn: libvirt.virConnect, master: libvirt.virDomain,
     elapsed_ms = (time.monotonic() - started) * 1000
     os.unlink(path)
     return round(elapsed_ms, 1)
-
-
-def format_table(result: dict[str, Any]) -> str:
-    lines = [f"clones ok: {result['clones_ok']} of {result['clones_requested']}",
-             f"bless pause: {result['bless_pause_ms']:.1f} ms",
-             f"first clone (alone): running after {result['first_clone_start_ms']:.0f} ms"]
-    if "eager_restore_ms" in result:
-        lines.append(f"eager restore of a full save (baseline, alone): "
-                     f"{result['eager_restore_ms']:.0f} ms "
-                     f"= {result['eager_to_clone_ratio']}x the first clone")
-    lines.append(f"the other {result['clones_requested'] - 1} clones launched together "
-                 f"in {result['burst_wall_ms']:.0f} ms; per clone (running / new NIC), ms:")
-    for start, ready in zip(result["clone_start_ms"], result["clone_ready_ms"], strict=True):
-        lines.append(f"  {start:8.0f} / {ready:8.0f}")
-    lines.append(f"median clone start: {result['clone_start_median_ms']:.0f} ms")
-    lines.append(f"guest memory seen by all clones: {result['guest_memory_mib_total']} MiB; "
-                 f"host memory they use (PSS): {result['host_memory_mib_used']} MiB "
-                 f"({result['host_memory_mib_per_clone']} MiB per clone, "
-                 f"{result['oversubscription']}x oversubscribed)")
-    for name, problems in result["problems"].items():
-        lines.append(f"PROBLEM {name}: {'; '.join(problems)}")
-    return "\n".join(lines)

@@ -29,14 +29,20 @@ SNAPSHOT_HELP = ("the snapshot: its generation id as 'nova-clone list' shows it,
                  "or any unique prefix of that id")
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
+def _whole_number_at_least(minimum: int) -> Any:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {value}")
+        return value
+    return parse
+
+
+positive_int = _whole_number_at_least(1)
+non_negative_int = _whole_number_at_least(0)
 
 
 class ListColumn(columns.FormattableColumn[list[Any]]):
@@ -334,8 +340,10 @@ class Demo(_Base, show.ShowOne):
     from the master's state (heartbeat, pattern checksum), has its own MAC
     and its own random numbers. Measures the clones' start times and the
     host memory they use, and, as a baseline, an eager restore of a full
-    save of the same master. Removes everything it made afterwards. Takes
-    a minute or two.
+    save of the same master. Then starts two page services of its own
+    (node A with the snapshot, node B without) and launches clones on node
+    B, whose memory B's page service fetches from A over TLS as they touch
+    it. Removes everything it made afterwards. Takes a minute or two.
 
     Shows the report; the exit status is 1 when any clone had a problem
     (listed under "problems").
@@ -357,6 +365,10 @@ Examples:
                                  "$NOVA_CLONE_GUEST_DIR, else build/guest)")
         parser.add_argument("--no-baseline", action="store_true",
                             help="skip the eager-restore baseline")
+        parser.add_argument("--remote-clones", type=non_negative_int, default=2,
+                            metavar="N",
+                            help="clones to launch on node B through the page "
+                                 "service (default: 2; 0 starts no page service)")
         return parser
 
     def take_action(self, parsed_args: argparse.Namespace) -> tuple[Any, Any]:
@@ -369,13 +381,15 @@ Examples:
                                   clones=parsed_args.clones,
                                   memory_mib=parsed_args.memory_mb,
                                   guest_dir=parsed_args.guest_dir,
-                                  baseline=not parsed_args.no_baseline)
-        ok, requested = result["clones_ok"], result["clones_requested"]
+                                  baseline=not parsed_args.no_baseline,
+                                  remote_clones=parsed_args.remote_clones)
+        ok = result["clones_ok"] + result.get("remote_clones_ok", 0)
+        requested = result["clones_requested"] + result.get("remote_clones_requested", 0)
         self.progress(f"demo: done in {watch.seconds:.0f} s; {ok} of {requested} "
                       "clone(s) check out")
         self._all_ok = ok == requested
         names = sorted(result)
-        return names, tuple(ProblemsColumn(result[n]) if n == "problems"
+        return names, tuple(ProblemsColumn(result[n]) if n in ("problems", "remote_problems")
                             else formattable(result[n]) for n in names)
 
     def run(self, parsed_args: argparse.Namespace) -> int:

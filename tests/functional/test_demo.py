@@ -10,9 +10,11 @@ from tests.functional import base
 
 class TestDemo(base.LibvirtTestCase):
     def test_demo_clones_check_out(self):
+        before = sorted(os.listdir(self.state_dir))
         result = subprocess.run(
             [os.path.join(os.path.dirname(sys.executable), "nova-clone"),
-             "--state-dir", self.state_dir, "demo", "--clones", "2", "-f", "json"],
+             "--state-dir", self.state_dir, "demo", "--clones", "2", "--remote-clones", "1",
+             "-f", "json"],
             capture_output=True, text=True)
         # The report says what went wrong with which clone; the exit code
         # only that something did.
@@ -26,6 +28,14 @@ class TestDemo(base.LibvirtTestCase):
         self.assertEqual(512, report["guest_memory_mib_total"])
         self.assertGreater(report["host_memory_mib_used"], 0)
         self.assertGreater(report["eager_restore_ms"], 0)
-        # The demo cleans up after itself.
-        self.assertEqual([], os.listdir(os.path.join(self.state_dir, "clones")))
-        self.assertEqual([], os.listdir(os.path.join(self.state_dir, "generations")))
+        # The clone on node B got its memory from node A's page service: a
+        # little to start, the whole pattern once it read it.
+        self.assertEqual((1, 1, {}), (report["remote_clones_requested"],
+                                      report["remote_clones_ok"], report["remote_problems"]))
+        self.assertGreater(report["remote_fetched_mib_to_start"], 0)
+        self.assertLess(report["remote_fetched_mib_to_start"], report["pattern_mib"])
+        self.assertGreaterEqual(report["remote_fetched_mib_total"], report["pattern_mib"])
+        # The demo cleans up after itself: no store, FUSE mount or file left.
+        self.assertEqual(before, sorted(os.listdir(self.state_dir)))
+        with open("/proc/self/mounts") as mounts:
+            self.assertNotIn(self.state_dir, mounts.read())

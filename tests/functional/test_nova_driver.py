@@ -22,10 +22,10 @@ from oslo_config import fixture as config_fixture
 
 from nova_clonedriver.conf import CONF
 from nova_clonedriver.guest import testguest
+from nova_clonedriver.pageserver import localnode
+from nova_clonedriver.pageserver import pki as pki_mod
 from nova_clonedriver.virt import driver as driver_mod
-from tests import pki as pki_mod
 from tests.functional import base
-from tests.functional import pageservers
 
 
 class FakeImageAPI:
@@ -295,9 +295,9 @@ class TestCloneDriver(base.LibvirtTestCase):
         self.assertEqual([], os.listdir(self.driver.clone_engine.store.generations_dir))
 
     def test_a_live_image_of_another_host_launches_through_the_page_services(self):
-        pki = pki_mod.TestPKI(os.path.join(self.state_dir, "pki"))
-        node_a = pageservers.Node("node-a", self.state_dir, pki)
-        node_b = pageservers.Node("node-b", self.state_dir, pki)
+        pki = pki_mod.ThrowawayPKI(os.path.join(self.state_dir, "pki"))
+        node_a = localnode.LocalNode("node-a", self.state_dir, pki)
+        node_b = localnode.LocalNode("node-b", self.state_dir, pki)
         self.useFixture(config_fixture.Config(CONF)).config(
             group="clone", state_dir=node_a.state_dir)
         self.useFixture(config_fixture.Config(CONF)).config(

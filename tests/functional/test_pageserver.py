@@ -28,16 +28,16 @@ from nova_clonedriver.engine import native
 from nova_clonedriver.guest import agent as agent_mod
 from nova_clonedriver.guest import testguest
 from nova_clonedriver.pageserver import control
+from nova_clonedriver.pageserver import localnode
 from nova_clonedriver.pageserver import peer as peer_mod
+from nova_clonedriver.pageserver import pki as pki_mod
 from nova_clonedriver.pageserver import protocol
 from nova_clonedriver.pageserver import tls
 from nova_clonedriver.pageserver import transport
 from nova_clonedriver.pageserver.protocol import Kind
-from tests import pki as pki_mod
 from tests import waiting
 from tests.functional import base
 from tests.functional import netns
-from tests.functional import pageservers
 
 PATTERN_MIB = 160
 CHUNK = 1 << 20
@@ -51,8 +51,8 @@ class TestPageService(base.LibvirtTestCase):
         # service, store and cache.
         cls.network = netns.Network(cls.prefix[1:])
         cls.addClassCleanup(cls.network.close)
-        cls.pki = pki_mod.TestPKI(os.path.join(cls.state_dir, "pki"))
-        cls.nodes: list[pageservers.Node] = []
+        cls.pki = pki_mod.ThrowawayPKI(os.path.join(cls.state_dir, "pki"))
+        cls.nodes: list[localnode.LocalNode] = []
         cls.node_a = cls.add_node("node-a")
         cls.node_b = cls.add_node("node-b", working_set_window_s=3)
         cls.engine_a = api.CloneEngine(cls.conn, cls.node_a.state_dir)
@@ -72,12 +72,12 @@ class TestPageService(base.LibvirtTestCase):
                                  for n in self.nodes])
 
     @classmethod
-    def add_node(cls, name: str, **options: object) -> pageservers.Node:
+    def add_node(cls, name: str, **options: object) -> localnode.LocalNode:
         host = cls.network.host(name)
         if "metrics_port" in options:
             options["metrics_host"] = host.address
-        node = pageservers.Node(name, cls.state_dir, cls.pki, listen_host=host.address,
-                                wrapper=host.wrapper, **options)
+        node = localnode.LocalNode(name, cls.state_dir, cls.pki, listen_host=host.address,
+                                   wrapper=host.wrapper, **options)
         node.start()
         cls.nodes.append(node)
         # Clones first: a FUSE mount still mapped by QEMU cannot go.
@@ -93,7 +93,7 @@ class TestPageService(base.LibvirtTestCase):
     def data_chunks(self, generation: api.Generation) -> list[int]:
         return [i for i, c in enumerate(generation.chunks) if c is not None]
 
-    def remote_stats(self, node: pageservers.Node, generation_id: str) -> dict:
+    def remote_stats(self, node: localnode.LocalNode, generation_id: str) -> dict:
         return node.client.stats()["remote"].get(generation_id, {})
 
     def test_clones_on_another_node_run_from_the_origin_state(self):
@@ -164,7 +164,7 @@ class TestPageService(base.LibvirtTestCase):
 
     def test_a_node_on_shared_storage_reads_the_origins_store_directly(self):
         generation = self.generation
-        metrics_port = pageservers.free_port()
+        metrics_port = localnode.free_port()
         node = self.add_node("node-shared", release_idle_s=3600, metrics_port=metrics_port)
         shared = f"local://{self.node_a.state_dir}"  # as if NFS-mounted here too
         self.assertFalse(node.client.attach(generation.id, shared)["local"])
@@ -313,7 +313,7 @@ class TestPageService(base.LibvirtTestCase):
         bare = ssl.create_default_context(cafile=self.pki.ca_file)
         self.assertTrue(self.refused(bare, open_request))
         # A certificate from another CA: the same.
-        stranger_pki = pki_mod.TestPKI(os.path.join(self.state_dir, "other-pki"), "other-ca")
+        stranger_pki = pki_mod.ThrowawayPKI(os.path.join(self.state_dir, "other-pki"), "other-ca")
         stranger = self.client_context(stranger_pki, "node-x")
         stranger.load_verify_locations(self.pki.ca_file)
         self.assertTrue(self.refused(stranger, open_request))
@@ -402,13 +402,13 @@ class TestPageService(base.LibvirtTestCase):
                 return ref.clones
         return []
 
-    def read_chunk(self, node: pageservers.Node, generation: api.Generation,
+    def read_chunk(self, node: localnode.LocalNode, generation: api.Generation,
                    chunk: int) -> bytes:
         with open(node.mount_path(generation.id), "rb") as f:
             f.seek(chunk * CHUNK)
             return f.read(CHUNK)
 
-    def client_context(self, pki: pki_mod.TestPKI, name: str) -> ssl.SSLContext:
+    def client_context(self, pki: pki_mod.ThrowawayPKI, name: str) -> ssl.SSLContext:
         cert, key = pki.node(name)
         return tls.client_context(cert, key, pki.ca_file)
 

@@ -300,7 +300,7 @@ class TestHelp(CLITestCase):
         "discard": ["SNAPSHOT", "refused while any clone of it exists"],
         "destroy": ["CLONE", "name or UUID"],
         "demo": ["--clones N", "--memory-mb MIB", "--guest-dir DIR", "--no-baseline",
-                 "-f {", "exit status is 1"],
+                 "--remote-clones N", "-f {", "exit status is 1"],
         "attach": ["SNAPSHOT", "--origin HOST:PORT", "--prefetch {none,working-set,full}",
                    "nova-clone-pageserver"],
         "release": ["SNAPSHOT", "refused while any"],
@@ -373,7 +373,9 @@ REPORT = {"clones_requested": 2, "clones_ok": 2, "first_clone_start_ms": 800.0,
           "guest_memory_mib": 256, "pattern_mib": 200, "guest_memory_mib_total": 512,
           "host_memory_mib_used": 300, "problems": {}, "host_memory_mib_per_clone": 150.0,
           "oversubscription": 1.71, "eager_restore_ms": 4000.0,
-          "eager_to_clone_ratio": 5.0}
+          "eager_to_clone_ratio": 5.0, "remote_clones_requested": 1, "remote_clones_ok": 1,
+          "remote_clone_start_ms": [1200.0], "remote_fetched_mib_to_start": 40.0,
+          "remote_fetched_mib_total": 230.0, "remote_problems": {}}
 
 
 class TestDemo(CLITestCase):
@@ -384,11 +386,29 @@ class TestDemo(CLITestCase):
 
     def test_json_report_keeps_its_keys(self):
         out, _ = self.run_ok("demo", "--clones", "2", "--memory-mb", "128",
-                             "--no-baseline", "-f", "json")
+                             "--no-baseline", "--remote-clones", "1", "-f", "json")
         self.assertEqual(REPORT, json.loads(out))
         self.demo_run.assert_called_once_with(
             self.libvirt_open.return_value, self.state_dir, clones=2, memory_mib=128,
-            guest_dir=None, baseline=False)
+            guest_dir=None, baseline=False, remote_clones=1)
+
+    def test_a_remote_clone_with_problems_exits_1(self):
+        report = dict(REPORT, remote_clones_ok=0,
+                      remote_problems={"b1": ["pattern checksum x != master's y"]})
+        self.demo_run.return_value = report
+        status, out, err = self.run_cli("demo", "--clones", "2")
+        self.assertEqual(1, status)
+        self.assertIn("b1: pattern checksum x != master's y", out)
+        self.assertIn("nova-clone: error: the demo found problems", err)
+
+    def test_remote_clones_may_be_none_but_not_negative(self):
+        self.run_ok("demo", "--remote-clones", "0")
+        self.assertEqual(0, self.demo_run.call_args.kwargs["remote_clones"])
+        with mock.patch("sys.stderr", new_callable=io.StringIO) as usage:
+            status, _, _ = self.run_cli("demo", "--remote-clones", "-1")
+        self.assertEqual(2, status)
+        self.assertIn("--remote-clones: must be at least 0, not -1", usage.getvalue())
+        self.assertEqual(1, self.demo_run.call_count)
 
     def test_problems_exit_1(self):
         report = dict(REPORT, clones_ok=1, problems={"c2": ["heartbeat went backwards"]})
@@ -412,7 +432,7 @@ class TestDemo(CLITestCase):
         self.assertTrue(lines[0].startswith("demo: booting a 256 MiB test guest"), err)
         self.assertEqual("demo: Blessed m", lines[1])
         self.assertTrue(lines[2].startswith("demo: done in"), err)
-        self.assertIn("2 of 2 clone(s) check out", lines[2])
+        self.assertIn("3 of 3 clone(s) check out", lines[2])
 
 
 class TestLaunchCallback(testtools.TestCase):

@@ -3,7 +3,8 @@
 Each "node" is a daemon with its own state dir (snapshot store), port,
 certificate and FUSE mount, all on this machine: a clone launched from
 node B's store reads its memory through B's FUSE mount and B's TLS
-connection to node A, exactly as it would across hosts.
+connection to node A, exactly as it would across hosts. The demo, the
+benchmarks and the tests run their page services this way.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ import sys
 import time
 
 from nova_clonedriver.pageserver import control
-from tests import pki as pki_mod
+from nova_clonedriver.pageserver import pki as pki_mod
 
-DAEMON = os.path.join(os.path.dirname(sys.executable), "nova-clone-pageserver")
+DAEMON = (sys.executable, "-m", "nova_clonedriver.cmd.pageserver")
 
 
 def free_port() -> int:
@@ -27,8 +28,8 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-class Node:
-    def __init__(self, name: str, root: str, pki: pki_mod.TestPKI,
+class LocalNode:
+    def __init__(self, name: str, root: str, pki: pki_mod.ThrowawayPKI,
                  listen_host: str = "127.0.0.1", wrapper: tuple[str, ...] = (),
                  state_dir: str | None = None, **options: object) -> None:
         """``wrapper``: a command prefix for the daemon (``ip netns exec NS``:
@@ -60,7 +61,7 @@ class Node:
     def start(self) -> None:
         log = open(self.log_file, "a")  # noqa: SIM115 - the daemon writes it
         self.process = subprocess.Popen(
-            [*self.wrapper, DAEMON, "--config-file", self.config_file, "--debug"],
+            [*self.wrapper, *DAEMON, "--config-file", self.config_file, "--debug"],
             stdout=log, stderr=log)
         log.close()
         deadline = time.monotonic() + 30

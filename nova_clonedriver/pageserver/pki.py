@@ -1,4 +1,7 @@
-"""Throwaway certificates for tests: a CA and node certificates it signs."""
+"""Throwaway certificates: a CA and node certificates it signs, valid for
+two days, for page services that live as long as a demo, benchmark or
+test (real nodes get theirs from the operator's PKI, see the install
+guide)."""
 
 from __future__ import annotations
 
@@ -14,8 +17,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.oid import NameOID
 
 
-class TestPKI:
-    def __init__(self, directory: str, ca_name: str = "test-ca") -> None:
+class ThrowawayPKI:
+    def __init__(self, directory: str, ca_name: str = "throwaway-ca") -> None:
         self.directory = directory
         os.makedirs(directory, exist_ok=True)
         self._ca_key = ec.generate_private_key(ec.SECP256R1())
