@@ -22,6 +22,8 @@ REMOTE_COUNTERS = [
     ("fetch_failures", "remote_fetch_failures_total",
      "Fetches that failed (origin unavailable, refused or bad checksum)"),
     ("prefetched_bytes", "remote_prefetched_bytes_total", "Bytes fetched by prefetch"),
+    ("chunks_read_ahead", "remote_chunks_read_ahead_total",
+     "Chunks fetched ahead of a sequential reader"),
 ]
 SERVED_COUNTERS = [
     ("chunks_served", "served_chunks_total", "Chunks served to a peer"),

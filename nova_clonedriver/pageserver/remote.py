@@ -8,6 +8,13 @@ exactly as they map local files; each read the FUSE file system gets turns
 into ``ensure()`` here, which fetches missing chunks (once, however many
 clones ask) into the node's cache.
 
+Clones read their memory mostly in ascending order (a guest's big
+allocations are physically contiguous runs), so a reader found reading
+chunk after chunk gets the chunks ahead of it fetched before it asks:
+read-ahead, with a window doubling up to ``readahead_max_chunks`` while
+the run goes on. Several interleaved readers (clones, vCPUs) are followed
+apart.
+
 A periodic reconcile tells origins which clones this node runs, and releases
 a generation (at the origin and in the cache) once no clone here has used
 it for ``release_idle_s``.
@@ -39,6 +46,7 @@ PREFETCH_CHOICES = ("none", "working-set", "full")
 MEMORY_FILE_NAME = store_mod.MEMORY_IMAGE_FILE
 BACKGROUND_BATCH_CHUNKS = 16
 BULK_REQUEST_CHUNKS = 16  # per FETCH of a prefetch: several in flight at once
+READ_STREAMS_PER_FILE = 8  # sequential readers followed at once, per file
 
 
 class AttachError(RuntimeError):
@@ -54,6 +62,16 @@ class Settings:
     working_set_window_s: float = 20
     background_fetch_mib_per_s: int = 0
     release_idle_s: float = 300
+    readahead_max_chunks: int = 16
+
+
+@dataclasses.dataclass
+class _ReadStream:
+    """A sequential reader of one file: the last chunk it read, how far
+    ahead of it to fetch, and up to where that was asked for already."""
+    last_chunk: int
+    window_chunks: int = 0
+    ahead_until: int = -1
 
 
 class Presented:
@@ -62,9 +80,11 @@ class Presented:
 
     def __init__(self, generation: store_mod.Generation, origin: transport.Transport,
                  files: dict[int, cache_mod.CachedFile], names: dict[str, int],
-                 stats: stats_mod.GenerationStats, working_set_window_s: float) -> None:
+                 stats: stats_mod.GenerationStats, working_set_window_s: float,
+                 readahead_max_chunks: int = 0) -> None:
         self.generation = generation
         self.window_s = working_set_window_s
+        self.readahead_max_chunks = readahead_max_chunks
         self.origin = origin
         self.files = files
         self.names = names  # file name in the FUSE folder -> file number
@@ -76,6 +96,8 @@ class Presented:
         self.recording: list[int] | None = None
         self.record_until = 0.0
         self._inflight: dict[tuple[int, int], asyncio.Future] = {}
+        self._streams: dict[int, list[_ReadStream]] = {}  # most recent first
+        self._read_ahead_tasks: set[asyncio.Task] = set()
         self.background: asyncio.Task | None = None
 
     def busy(self) -> bool:
@@ -89,27 +111,71 @@ class Presented:
         ``bulk`` (prefetch, background completion): many chunks, sent as
         several pipelined requests, and kept out of the latency samples,
         which are those of the reads clones wait for."""
-        cached = self.files[file_number]
         self.last_used = time.monotonic()
+        waits, wanted = self._claim(file_number, chunks)
+        if wanted and file_number == protocol.MEMORY_FILE and self.recording is not None:
+            self._record(wanted)
+        if not bulk:
+            self._read_ahead(file_number, chunks[0], chunks[-1])
+        await self._fetch_all(file_number, wanted, bulk)
+        for future in waits:
+            await future
+
+    async def _fetch_all(self, file_number: int, chunks: list[int], bulk: bool) -> None:
+        step = BULK_REQUEST_CHUNKS if bulk else protocol.MAX_CHUNKS_PER_FETCH
+        await asyncio.gather(*(self._fetch(file_number, chunks[i:i + step], bulk)
+                               for i in range(0, len(chunks), step)))
+
+    def _claim(self, file_number: int, chunks: list[int], counted: bool = True
+               ) -> tuple[list[asyncio.Future], list[int]]:
+        """The futures to wait for until ``chunks`` are cached, and the
+        chunks nobody fetches yet (the caller must fetch them). ``counted``:
+        a clone asked for them (cache hits and waits go into the stats)."""
+        cached = self.files[file_number]
         waits, wanted = [], []
         for chunk in chunks:
             if cached.present[chunk]:
-                self.stats.counters["cache_hits"] += 1
+                self.stats.counters["cache_hits"] += counted
             elif (file_number, chunk) in self._inflight:
-                self.stats.counters["waits_on_inflight_fetch"] += 1
+                self.stats.counters["waits_on_inflight_fetch"] += counted
                 waits.append(self._inflight[(file_number, chunk)])
             else:
                 future = asyncio.get_running_loop().create_future()
                 self._inflight[(file_number, chunk)] = future
                 waits.append(future)
                 wanted.append(chunk)
-        if wanted and file_number == protocol.MEMORY_FILE and self.recording is not None:
-            self._record(wanted)
-        step = BULK_REQUEST_CHUNKS if bulk else protocol.MAX_CHUNKS_PER_FETCH
-        await asyncio.gather(*(self._fetch(file_number, wanted[i:i + step], bulk)
-                               for i in range(0, len(wanted), step)))
-        for future in waits:
-            await future
+        return waits, wanted
+
+    def _read_ahead(self, file_number: int, first: int, last: int) -> None:
+        """Follow the reader of chunks ``first``..``last``; once it reads
+        sequentially, fetch the chunks ahead of it (not waited for)."""
+        if not self.readahead_max_chunks:
+            return
+        streams = self._streams.setdefault(file_number, [])
+        stream = next((s for s in streams if s.last_chunk in (first - 1, first)), None)
+        if stream is None:  # a new reader, or a jump
+            streams.insert(0, _ReadStream(last_chunk=last))
+            del streams[READ_STREAMS_PER_FILE:]
+            return
+        streams.remove(stream)
+        streams.insert(0, stream)
+        if last == stream.last_chunk:  # still in the same chunk
+            return
+        stream.last_chunk = last
+        stream.window_chunks = min(max(2 * stream.window_chunks, 2),
+                                   self.readahead_max_chunks)
+        if last + stream.window_chunks // 2 < stream.ahead_until:
+            return  # enough is on its way
+        end = min(last + stream.window_chunks, self.files[file_number].chunk_count - 1)
+        start = max(last, stream.ahead_until) + 1
+        stream.ahead_until = max(stream.ahead_until, end)
+        _, wanted = self._claim(file_number, list(range(start, end + 1)), counted=False)
+        if wanted:
+            self.stats.counters["chunks_read_ahead"] += len(wanted)
+            task = asyncio.get_running_loop().create_task(
+                self._fetch_all(file_number, wanted, bulk=True))
+            self._read_ahead_tasks.add(task)
+            task.add_done_callback(self._read_ahead_tasks.discard)
 
     async def _fetch(self, file_number: int, chunks: list[int], bulk: bool) -> None:
         cached = self.files[file_number]
@@ -172,6 +238,8 @@ class Presented:
     def close(self) -> None:
         if self.background is not None:
             self.background.cancel()
+        for task in list(self._read_ahead_tasks):
+            task.cancel()
         for cached in self.files.values():
             cached.close()
 
@@ -381,7 +449,8 @@ class RemoteGenerations:
             names[name] = file_number
         presented = Presented(generation, self._transport(generation.origin), files, names,
                               self.stats.remote[generation.id],
-                              self.settings.working_set_window_s)
+                              self.settings.working_set_window_s,
+                              self.settings.readahead_max_chunks)
         if self.settings.background_fetch_mib_per_s:
             presented.background = asyncio.get_running_loop().create_task(
                 self._complete_in_background(presented))
