@@ -10,10 +10,10 @@ clones ask) into the node's cache.
 
 Clones read their memory mostly in ascending order (a guest's big
 allocations are physically contiguous runs), so a reader found reading
-chunk after chunk gets the chunks ahead of it fetched before it asks:
-read-ahead, with a window doubling up to ``readahead_max_chunks`` while
-the run goes on. Several interleaved readers (clones, vCPUs) are followed
-apart.
+chunk after chunk (``READ_AHEAD_AFTER_CHUNKS`` of them) gets the chunks
+ahead of it fetched before it asks: read-ahead, with a window doubling up
+to ``readahead_max_chunks`` while the run goes on. Several interleaved
+readers (clones, vCPUs) are followed apart.
 
 A periodic reconcile tells origins which clones this node runs, and releases
 a generation (at the origin and in the cache) once no clone here has used
@@ -47,6 +47,9 @@ MEMORY_FILE_NAME = store_mod.MEMORY_IMAGE_FILE
 BACKGROUND_BATCH_CHUNKS = 16
 BULK_REQUEST_CHUNKS = 16  # per FETCH of a prefetch: several in flight at once
 READ_STREAMS_PER_FILE = 8  # sequential readers followed at once, per file
+# A run of this many chunks before read-ahead starts: while a clone starts,
+# its guest reads short runs (2-4 chunks) that read-ahead would overshoot.
+READ_AHEAD_AFTER_CHUNKS = 5
 
 
 class AttachError(RuntimeError):
@@ -70,6 +73,7 @@ class _ReadStream:
     """A sequential reader of one file: the last chunk it read, how far
     ahead of it to fetch, and up to where that was asked for already."""
     last_chunk: int
+    run_chunks: int = 1
     window_chunks: int = 0
     ahead_until: int = -1
 
@@ -115,9 +119,10 @@ class Presented:
         waits, wanted = self._claim(file_number, chunks)
         if wanted and file_number == protocol.MEMORY_FILE and self.recording is not None:
             self._record(wanted)
-        if not bulk:
+        fetching = asyncio.ensure_future(self._fetch_all(file_number, wanted, bulk))
+        if not bulk:  # after the fetch of what is read, so that it goes first
             self._read_ahead(file_number, chunks[0], chunks[-1])
-        await self._fetch_all(file_number, wanted, bulk)
+        await fetching
         for future in waits:
             await future
 
@@ -154,14 +159,17 @@ class Presented:
         streams = self._streams.setdefault(file_number, [])
         stream = next((s for s in streams if s.last_chunk in (first - 1, first)), None)
         if stream is None:  # a new reader, or a jump
-            streams.insert(0, _ReadStream(last_chunk=last))
+            streams.insert(0, _ReadStream(last_chunk=last, run_chunks=last - first + 1))
             del streams[READ_STREAMS_PER_FILE:]
             return
         streams.remove(stream)
         streams.insert(0, stream)
         if last == stream.last_chunk:  # still in the same chunk
             return
+        stream.run_chunks += last - stream.last_chunk
         stream.last_chunk = last
+        if stream.run_chunks < READ_AHEAD_AFTER_CHUNKS:
+            return
         stream.window_chunks = min(max(2 * stream.window_chunks, 2),
                                    self.readahead_max_chunks)
         if last + stream.window_chunks // 2 < stream.ahead_until:

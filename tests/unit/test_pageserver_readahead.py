@@ -71,12 +71,16 @@ class TestReadAhead(testtools.TestCase):
     def fetched(self) -> list[int]:
         return [c for request in self.origin.requests for c in request]
 
-    def test_a_sequential_reader_waits_for_two_chunks_only(self):
+    def test_a_sequential_reader_waits_only_until_its_run_is_long_enough(self):
         counters = self.read(self.presented(), list(range(40)))
-        self.assertEqual(2, counters["chunks_fetched"] - counters["chunks_read_ahead"])
-        # Each chunk once, and no further than the window past the last read.
-        self.assertEqual(sorted(set(self.fetched())), sorted(self.fetched()))
-        self.assertEqual(list(range(40 + 8)), sorted(self.fetched()))
+        self.assertEqual(remote.READ_AHEAD_AFTER_CHUNKS,
+                         counters["chunks_fetched"] - counters["chunks_read_ahead"])
+        # Each chunk once, and ahead of the last read, but no further than
+        # the window.
+        furthest = max(self.fetched())
+        self.assertEqual(list(range(furthest + 1)), sorted(self.fetched()))
+        self.assertGreater(furthest, 39)
+        self.assertLessEqual(furthest, 39 + 8)
         self.assertLessEqual(max(len(r) for r in self.origin.requests), 8)
 
     def test_jumps_fetch_nothing_ahead(self):
@@ -84,14 +88,21 @@ class TestReadAhead(testtools.TestCase):
         self.assertEqual(0, counters["chunks_read_ahead"])
         self.assertEqual([0, 10, 20, 5, 30, 12, 50], self.fetched())
 
+    def test_short_runs_fetch_nothing_ahead(self):
+        # What a starting guest reads: runs of 2 to 4 chunks here and there.
+        runs = [[0, 1, 2, 3], [40, 41], [20, 21, 22, 23], [50, 51, 52]]
+        counters = self.read(self.presented(), [c for run in runs for c in run])
+        self.assertEqual(0, counters["chunks_read_ahead"])
+
     def test_interleaved_readers_are_followed_apart(self):
         order = [c for pair in zip(range(0, 12), range(30, 42), strict=True) for c in pair]
         counters = self.read(self.presented(), order)
-        self.assertEqual(4, counters["chunks_fetched"] - counters["chunks_read_ahead"])
+        self.assertEqual(2 * remote.READ_AHEAD_AFTER_CHUNKS,
+                         counters["chunks_fetched"] - counters["chunks_read_ahead"])
 
     def test_read_ahead_stops_at_the_end_of_the_file(self):
-        self.read(self.presented(), list(range(CHUNKS - 6, CHUNKS)))
-        self.assertEqual(list(range(CHUNKS - 6, CHUNKS)), sorted(self.fetched()))
+        self.read(self.presented(), list(range(CHUNKS - 8, CHUNKS)))
+        self.assertEqual(list(range(CHUNKS - 8, CHUNKS)), sorted(self.fetched()))
 
     def test_zero_turns_it_off(self):
         counters = self.read(self.presented(readahead_max_chunks=0), list(range(10)))
@@ -99,11 +110,14 @@ class TestReadAhead(testtools.TestCase):
         self.assertEqual([[c] for c in range(10)], self.origin.requests)
 
     def test_a_failed_read_ahead_is_fetched_again_when_read(self):
-        self.origin.failing = {3}
+        run = list(range(remote.READ_AHEAD_AFTER_CHUNKS))
+        ahead = [run[-1] + 1, run[-1] + 2]
+        self.origin.failing = {ahead[1]}
         presented = self.presented()
-        self.read(presented, [0, 1])  # chunks 2 and 3 read ahead: that fails
-        self.assertFalse(presented.files[DISK].present[3])
+        self.read(presented, run)  # the two chunks after it read ahead: that fails
+        self.assertEqual(ahead, self.origin.requests[-1])
+        self.assertFalse(presented.files[DISK].present[ahead[1]])
         self.assertEqual(1, presented.stats.counters["fetch_failures"])
         self.origin.failing = set()
-        self.read(presented, [2, 3])
-        self.assertTrue(presented.files[DISK].present[3])
+        self.read(presented, ahead)
+        self.assertTrue(presented.files[DISK].present[ahead[1]])
