@@ -57,12 +57,12 @@ OPTS = [
                help="FETCH requests sent to one origin without waiting for "
                     "the replies of earlier ones (pipelining)."),
     cfg.IntOpt("readahead_max_chunks", default=16, min=0,
-               help="Once a clone reads a remote memory image or disk chunk "
-                    "after chunk, fetch up to this many chunks (1 MiB each by "
-                    "default) ahead of it before it asks, the window doubling "
-                    "from 2 while the run goes on. Clones read most of their "
-                    "memory in ascending runs; at the end of a run up to "
-                    "this many chunks are fetched that nobody reads. 0 "
+               help="Once a clone has read 5 chunks of a remote memory image "
+                    "or disk in a row, fetch up to this many chunks (1 MiB "
+                    "each by default) ahead of it before it asks, the window "
+                    "doubling from 2 while the run goes on. Clones read most "
+                    "of their memory in ascending runs; at the end of a run "
+                    "up to this many chunks are fetched that nobody reads. 0 "
                     "fetches only what is read."),
     cfg.IntOpt("working_set_window_s", default=20, min=0,
                help="The chunks the first clone of a remote generation reads "
