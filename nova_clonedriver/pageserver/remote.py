@@ -119,10 +119,14 @@ class Presented:
         waits, wanted = self._claim(file_number, chunks)
         if wanted and file_number == protocol.MEMORY_FILE and self.recording is not None:
             self._record(wanted)
-        fetching = asyncio.ensure_future(self._fetch_all(file_number, wanted, bulk))
-        if not bulk:  # after the fetch of what is read, so that it goes first
+        # The fetch of what is read is queued before read-ahead's, so that
+        # its request goes first.
+        fetching = (asyncio.ensure_future(self._fetch_all(file_number, wanted, bulk))
+                    if wanted else None)
+        if not bulk:
             self._read_ahead(file_number, chunks[0], chunks[-1])
-        await fetching
+        if fetching is not None:
+            await fetching
         for future in waits:
             await future
 
