@@ -14,7 +14,7 @@ style=$?
 # The shell scripts, as tox -e pep8 checks them; setup-host.sh installs the
 # checker, and without it they are left unchecked here.
 if command -v shellcheck >/dev/null; then
-    shellcheck -x tools/*.sh devstack/plugin.sh devstack/settings playbooks/clone-smoke/files/*.sh
+    shellcheck -x tools/*.sh tools/minicloud devstack/plugin.sh devstack/settings playbooks/clone-smoke/files/*.sh
     shell_style=$?
 else
     echo "shellcheck is not installed: shell scripts not checked"
