@@ -29,6 +29,11 @@ def free_port() -> int:
 
 
 class LocalNode:
+    """One page service daemon and its files under ``root``. Its timers are
+    short (reconcile every second, release after 3 s idle, give up a fetch
+    after 10 s) because such nodes live for one run; ``options`` (any
+    ``[pageserver]`` option) override them."""
+
     def __init__(self, name: str, root: str, pki: pki_mod.ThrowawayPKI,
                  listen_host: str = "127.0.0.1", wrapper: tuple[str, ...] = (),
                  state_dir: str | None = None, **options: object) -> None:
