@@ -196,6 +196,7 @@ class TestCloneCloud(unittest.TestCase):
 
         # 5. Delete it all: nothing of the cloud's is left on the host.
         openstack("image", "delete", self.live_image, parse=False)
+        t_image_deleted = time.monotonic()
         openstack("server", "delete", "--wait", self.master, parse=False)
         self.assertEqual({}, servers(f"^{PREFIX}-"))
         self.assertEqual({}, servers(r"^(clone|boot)-\d+$"))
@@ -204,7 +205,6 @@ class TestCloneCloud(unittest.TestCase):
         # The driver frees the deleted live image's generation in its next
         # image-cache pass ([image_cache] manager_interval = 60 here).
         generation = os.path.join(STATE_DIR, "generations", properties["clone_generation"])
-        t_deleted = time.monotonic()
         waiting.wait(lambda: not os.path.exists(generation), 180,
                      f"{generation} of the deleted live image is still there")
         self.assertEqual([], problems)
@@ -215,7 +215,7 @@ class TestCloneCloud(unittest.TestCase):
             print(f"Heat stack 4 -> 12, {what}: UPDATE_COMPLETE after "
                   f"{growth['update_s']:.0f} s (Heat's events), all 8 new guests "
                   f"heard from after {growth['heartbeats_s']:.1f} s")
-        print(f"generation freed {time.monotonic() - t_deleted:.0f} s after its image "
+        print(f"generation freed {time.monotonic() - t_image_deleted:.0f} s after its image "
               f"was deleted; test {time.monotonic() - started:.0f} s")
 
     def _cluster(self, stack: str, prefix: str, image: str, flavor: str,
