@@ -10,6 +10,7 @@ dicts stay lists and dicts in JSON and YAML; a table shows them as text.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 import dataclasses
 from typing import Any
 
@@ -29,7 +30,8 @@ SNAPSHOT_HELP = ("the snapshot: its generation id as 'nova-clone list' shows it,
                  "or any unique prefix of that id")
 
 
-def _whole_number_at_least(minimum: int) -> Any:
+def _whole_number_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number, ``minimum`` or more."""
     def parse(text: str) -> int:
         try:
             value = int(text)

@@ -85,7 +85,7 @@ class Presented:
     def __init__(self, generation: store_mod.Generation, origin: transport.Transport,
                  files: dict[int, cache_mod.CachedFile], names: dict[str, int],
                  stats: stats_mod.GenerationStats, working_set_window_s: float,
-                 readahead_max_chunks: int = 0) -> None:
+                 readahead_max_chunks: int) -> None:
         self.generation = generation
         self.window_s = working_set_window_s
         self.readahead_max_chunks = readahead_max_chunks
