@@ -106,7 +106,8 @@ def _delay_rows(bench: common.Bench, root: str, pki: pki_mod.ThrowawayPKI,
         nodes.append(node)
         engine = api.CloneEngine(bench.conn, node.state_dir)
         started = time.monotonic()
-        attach = node.client.attach(generation.id, f"{host}:{port}", mode)
+        attach = node.client.attach(generation.id, f"{host}:{port}",
+                                    generation.access_key, mode)
         row: dict[str, Any] = {"delay_ms": delay_ms, "prefetch": mode,
                                "attach_ms": round((time.monotonic() - started) * 1000, 1),
                                "prefetched_mib": attach.get("prefetched_mib", 0.0),

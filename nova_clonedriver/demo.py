@@ -140,7 +140,7 @@ def _remote(conn: libvirt.virConnect, engine: api.CloneEngine, generation: api.G
     try:
         origin.start()
         node_b.start()
-        node_b.client.attach(generation.id, origin.address)
+        node_b.client.attach(generation.id, origin.address, generation.access_key)
         launched = engine_b.launch(generation.id, count, name_prefix=name_prefix)
         fetched_to_start = _fetched_mib(node_b, generation.id)
         checks = [_check(engine_b, c, *master_state) for c in launched]

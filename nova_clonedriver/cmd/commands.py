@@ -166,7 +166,8 @@ Examples:
         generation = engine.bless(parsed_args.domain)
         self.progress(f"blessed {parsed_args.domain} as snapshot {generation.id} in "
                       f"{watch.seconds:.1f} s (master paused {generation.pause_ms:.1f} ms)")
-        summary = api.generation_summary(generation)
+        # The key goes to those who may attach the snapshot on other nodes.
+        summary = {**api.generation_summary(generation), "access_key": generation.access_key}
         return tuple(summary), tuple(formattable(v) for v in summary.values())
 
 
@@ -415,8 +416,8 @@ class Attach(_Base, show.ShowOne):
 
     _epilog = """\
 Examples:
-  nova-clone attach 3f2a9c0d1e2b4a5f8c7d6e5f4a3b2c1d --origin 10.0.0.11:8797
-  nova-clone attach 3f2a... --origin compute-1:8797 --prefetch working-set"""
+  nova-clone attach 3f2a9c0d1e2b4a5f8c7d6e5f4a3b2c1d --origin 10.0.0.11:8797 --key 9b1e...
+  nova-clone attach 3f2a... --origin compute-1:8797 --key 9b1e... --prefetch working-set"""
 
     def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
         parser = super().get_parser(prog_name)
@@ -426,6 +427,10 @@ Examples:
         parser.add_argument("--origin", metavar="HOST:PORT", required=True,
                             help="the page service of the node the snapshot was "
                                  "blessed on")
+        parser.add_argument("--key", required=True,
+                            help="the snapshot's access key (access_key in the output "
+                                 "of 'nova-clone bless' on the origin; a live image's "
+                                 "clone_access_key): the origin refuses others")
         parser.add_argument("--prefetch", choices=PREFETCH_CHOICES, default="none",
                             help="fetch up front: nothing (pages on first touch), "
                                  "the working set the first node's clones touched, "
@@ -434,7 +439,7 @@ Examples:
 
     def take_action(self, parsed_args: argparse.Namespace) -> tuple[Any, Any]:
         reply = self.app.page_service().attach(parsed_args.snapshot, parsed_args.origin,
-                                               parsed_args.prefetch)
+                                               parsed_args.key, parsed_args.prefetch)
         return tuple(reply), tuple(formattable(v) for v in reply.values())
 
 

@@ -20,6 +20,8 @@ from nova_clonedriver.engine import store as store_mod
 LOG = logging.getLogger(__name__)
 
 BlessError = bless_mod.BlessError
+BlessOptions = bless_mod.BlessOptions
+NoGenerationID = bless_mod.NoGenerationID
 LaunchError = launch_mod.LaunchError
 Clone = launch_mod.Clone
 CloneSpec = launch_mod.CloneSpec
@@ -49,20 +51,22 @@ class CloneEngine:
     """
 
     def __init__(self, conn: libvirt.virConnect, state_dir: str,
-                 bless_downtime_limit_ms: int = 10, bless_timeout_s: float = 300,
+                 bless_options: BlessOptions | None = None,
                  launch_parallelism: int = 8,
                  chown: Callable[[str, int, int], None] = os.chown) -> None:
         """``chown``: how to give files to QEMU's user (privileged)."""
         self.conn = conn
         self.store = store_mod.SnapshotStore(state_dir)
-        self._downtime_limit_ms = bless_downtime_limit_ms
-        self._bless_timeout_s = bless_timeout_s
+        self._bless_options = bless_options or BlessOptions()
         self._parallelism = launch_parallelism
         self._chown = chown
 
-    def bless(self, domain_name: str) -> Generation:
-        return bless_mod.bless(self.conn, self.store, domain_name,
-                               self._downtime_limit_ms, self._bless_timeout_s, self._chown)
+    def bless(self, domain_name: str, bound_to: dict[str, str] | None = None
+              ) -> Generation:
+        """``bound_to``: what the caller binds the generation to (kept in it,
+        for the caller's own checks; see Generation.bound_to)."""
+        return bless_mod.bless(self.conn, self.store, domain_name, self._bless_options,
+                               self._chown, bound_to)
 
     def launch(self, generation_id: str, count: int = 1,
                name_prefix: str | None = None,
@@ -175,7 +179,8 @@ def _image_use_mib(image: str) -> dict[str, float | None]:
 
 
 def generation_summary(generation: Generation) -> dict[str, Any]:
+    """The generation without its bulk and its secret."""
     data = dataclasses.asdict(generation)
-    for bulky in ("chunks", "domain_xml"):
-        data.pop(bulky)
+    for left_out in ("chunks", "domain_xml", "access_key"):
+        data.pop(left_out)
     return data

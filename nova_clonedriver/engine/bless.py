@@ -19,15 +19,28 @@ limit is 0: QEMU then never syncs while the guest runs after its first
 sync; it sends every page once, stops the guest, and sends what the guest
 dirtied meanwhile. The pause is longer (it carries those pages) but the
 snapshot is exact.
+
+The master's disks: at the pause its current image becomes a frozen base
+(``<disk>.frozen-<id>``, read-only to everyone, hard-linked into the
+generation) and the master writes to a new overlay on it
+(``<disk>.live-<id>``). The path the master's owner knows the disk by
+(``<disk>``, e.g. nova's ``<instance dir>/disk``) becomes a symlink to that
+overlay, so whoever starts the domain again from its own records (a hard
+reboot, stop and start) finds the master's data, never a frozen base. Not
+for raw disks (a raw path cannot name a qcow2 overlay): started again from
+its old records, such a master fails on its read-only frozen base.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 import contextlib
+import dataclasses
 import datetime
 import logging
 import os
+import re
+import secrets
 import shutil
 import time
 from typing import BinaryIO
@@ -50,8 +63,36 @@ _POLL_INTERVAL_S = 0.001
 _PIPE_BUFFER_BYTES = 1 << 20
 
 
+_LIVE_SUFFIX = re.compile(r"\.live-[0-9a-f]{8}$")
+_FROZEN_MODE = 0o444
+
+
 class BlessError(RuntimeError):
     """The domain could not be blessed; it runs on as before."""
+
+
+class NoGenerationID(BlessError):
+    """The domain has no VM generation ID, and the caller requires one."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _DiskLayers:
+    """What a bless does to one of the master's disks."""
+    disk: domainxml.DiskInfo
+    stable: str  # the path the domain's owner knows the disk by
+    frozen: str  # a new name of the current image: the clones' base
+    overlay: str  # the master's new top, on ``frozen``
+    # Whether ``stable`` is to lead to ``overlay``: not where the owner
+    # knows it as a raw image (a raw path cannot name a qcow2 overlay).
+    repoint: bool
+
+    @classmethod
+    def plan(cls, disk: domainxml.DiskInfo, generation_id: str) -> _DiskLayers:
+        stable = _LIVE_SUFFIX.sub("", disk.path)
+        repoint = (os.path.islink(stable) if stable != disk.path
+                   else disk.format == "qcow2")
+        return cls(disk, stable, f"{stable}.frozen-{generation_id[:8]}",
+                   master_overlay_path(stable, generation_id), repoint)
 
 
 class _StreamReader(native.thread_class()):  # type: ignore[misc]
@@ -75,14 +116,24 @@ class _StreamReader(native.thread_class()):  # type: ignore[misc]
             self._device_out.close()
 
 
+@dataclasses.dataclass(frozen=True)
+class BlessOptions:
+    downtime_limit_ms: int = 10
+    timeout_s: float = 300.0
+    max_disk_layers: int = 16  # a disk's backing chain, its top included
+    require_genid: bool = False
+
+
 def bless(conn: libvirt.virConnect, store: store_mod.SnapshotStore,
-          domain_name: str, downtime_limit_ms: int = 10,
-          timeout_s: float = 300.0,
-          chown: Callable[[str, int, int], None] = os.chown) -> store_mod.Generation:
+          domain_name: str, options: BlessOptions,
+          chown: Callable[[str, int, int], None] = os.chown,
+          bound_to: dict[str, str] | None = None) -> store_mod.Generation:
     """Freeze the running domain ``domain_name``; return the new generation.
 
     ``chown`` gives the memory image to QEMU's user (clones map it): a
-    caller that is not root passes a privileged one (nova: privsep)."""
+    caller that is not root passes a privileged one (nova: privsep).
+    ``bound_to`` is kept in the generation for the caller's own checks.
+    Nothing is changed when a check refuses the domain."""
     try:
         domain = conn.lookupByName(domain_name)
     except libvirt.libvirtError as exc:
@@ -92,14 +143,22 @@ def bless(conn: libvirt.virConnect, store: store_mod.SnapshotStore,
     master_xml = domain.XMLDesc(libvirt.VIR_DOMAIN_XML_SECURE
                                 | libvirt.VIR_DOMAIN_XML_MIGRATABLE)
     root = domainxml.parse(master_xml)
+    if domainxml.is_clone(root):
+        raise BlessError(f"domain {domain_name!r} is a live clone: clones of clones "
+                         "are not supported (bless its master instead)")
+    if options.require_genid and not domainxml.has_genid(root):
+        raise NoGenerationID(
+            f"domain {domain_name!r} has no VM generation ID (<genid/>): its clones "
+            "would all continue with its kernel's RNG state")
     try:
         disks = domainxml.writable_disks(root)
     except domainxml.DomainXMLError as exc:
         raise BlessError(f"cannot bless {domain_name!r}: {exc}") from exc
     for disk in disks:
-        _check_backing(disk)
+        _check_backing(disk, options.max_disk_layers)
 
     generation_id = uuid.uuid4().hex
+    layers = [_DiskLayers.plan(disk, generation_id) for disk in disks]
     workdir = store.new_generation_dir(generation_id)
     try:
         memory_size = domainxml.memory_bytes(root)
@@ -108,9 +167,9 @@ def bless(conn: libvirt.virConnect, store: store_mod.SnapshotStore,
         device_path = os.path.join(workdir, store_mod.DEVICE_STREAM_FILE)
         started = time.monotonic()
         reader, pause_ms = _migrate(domain, root.get("type", ""), image, device_path,
-                                    disks, generation_id, downtime_limit_ms, timeout_s)
+                                    layers, generation_id, options)
         chunks = image.close()
-        frozen = [_keep_frozen_base(disk, workdir) for disk in disks]
+        frozen = [_keep_frozen_base(layer, workdir) for layer in layers]
         uid, gid = hostinfo.qemu_user_ids(conn)
         chown(image.path, uid, gid)
         generation = store_mod.Generation(
@@ -129,6 +188,8 @@ def bless(conn: libvirt.virConnect, store: store_mod.SnapshotStore,
             domain_xml=master_xml,
             pause_ms=round(pause_ms, 2),
             has_genid=domainxml.has_genid(root),
+            bound_to=dict(bound_to or {}),
+            access_key=secrets.token_hex(32),
         )
         store.publish(generation, workdir)
     except BaseException:
@@ -145,9 +206,9 @@ def bless(conn: libvirt.virConnect, store: store_mod.SnapshotStore,
 
 
 def _migrate(domain: libvirt.virDomain, domain_type: str,
-             image: memimage.MemoryImageWriter,
-             device_path: str, disks: list[domainxml.DiskInfo], generation_id: str,
-             downtime_limit_ms: int, timeout_s: float) -> tuple[_StreamReader, float]:
+             image: memimage.MemoryImageWriter, device_path: str,
+             layers: list[_DiskLayers], generation_id: str,
+             options: BlessOptions) -> tuple[_StreamReader, float]:
     saved = qmp.command(domain, "query-migrate-parameters")
     read_fd, write_fd = os.pipe()
     device_out = open(device_path, "wb")  # noqa: SIM115 (the reader closes it)
@@ -159,9 +220,10 @@ def _migrate(domain: libvirt.virDomain, domain_type: str,
     fdname = f"clone-bless-{generation_id[:8]}"
     disks_switched = False
     try:
-        _prepare_overlays(disks, generation_id)
+        _prepare_overlays(layers)
         qmp.command(domain, "migrate-set-capabilities", capabilities=[
             {"capability": "pause-before-switchover", "state": True}])
+        downtime_limit_ms = options.downtime_limit_ms
         if domain_type == "qemu":
             downtime_limit_ms = 0  # see the module's docstring
         qmp.command(domain, "migrate-set-parameters", **{
@@ -171,11 +233,14 @@ def _migrate(domain: libvirt.virDomain, domain_type: str,
         finally:
             os.close(write_fd)  # QEMU holds its own copy now
         qmp.command(domain, "migrate", uri=f"fd:{fdname}")
-        deadline = time.monotonic() + timeout_s
+        deadline = time.monotonic() + options.timeout_s
         _wait_for(domain, ("pre-switchover",), deadline)
         paused_at = time.monotonic()
-        _freeze_disks(domain, disks, generation_id)
+        _freeze_disks(domain, layers, generation_id)
         disks_switched = True
+        for layer in layers:
+            if layer.repoint:
+                _point(layer.stable, layer.overlay)
         frozen_at = time.monotonic()
         qmp.command(domain, "migrate-continue", state="pre-switchover")
         info = _wait_for(domain, ("completed",), deadline)
@@ -196,9 +261,10 @@ def _migrate(domain: libvirt.virDomain, domain_type: str,
         _abort(domain, fdname)
         reader.join()
         if not disks_switched:  # the master never wrote to them
-            for disk in disks:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(master_overlay_path(disk, generation_id))
+            for layer in layers:
+                for path in (layer.overlay, layer.frozen):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(path)
         raise BlessError(f"bless of {domain.name()} failed: {exc}") from exc
     finally:
         _restore_settings(domain, saved)
@@ -233,22 +299,24 @@ def _wait_until_finalized(domain: libvirt.virDomain, deadline: float) -> None:
         time.sleep(_POLL_INTERVAL_S)
 
 
-def _prepare_overlays(disks: list[domainxml.DiskInfo], generation_id: str) -> None:
-    """Create the master's new overlays before the pause, so that while
-    paused libvirt only has to switch to them (REUSE_EXT)."""
-    for disk in disks:
-        qemuimg.create_overlay(disk.path, disk.format,
-                               master_overlay_path(disk, generation_id))
+def _prepare_overlays(layers: list[_DiskLayers]) -> None:
+    """Name the current images as frozen bases and create the master's new
+    overlays on them before the pause, so that while paused libvirt only
+    has to switch to them (REUSE_EXT). The frozen name is a hard link: the
+    master writes to the same file until the switch."""
+    for layer in layers:
+        os.link(os.path.realpath(layer.disk.path), layer.frozen)
+        qemuimg.create_overlay(layer.frozen, layer.disk.format, layer.overlay)
 
 
-def _freeze_disks(domain: libvirt.virDomain, disks: list[domainxml.DiskInfo],
+def _freeze_disks(domain: libvirt.virDomain, layers: list[_DiskLayers],
                   generation_id: str) -> None:
-    if not disks:
+    if not layers:
         return
     entries = "".join(
-        f"<disk name='{d.target}' snapshot='external'>"
-        f"<source file='{master_overlay_path(d, generation_id)}'/></disk>"
-        for d in disks)
+        f"<disk name='{layer.disk.target}' snapshot='external'>"
+        f"<source file='{layer.overlay}'/></disk>"
+        for layer in layers)
     domain.snapshotCreateXML(
         f"<domainsnapshot><name>clone-{generation_id}</name><disks>{entries}</disks>"
         "</domainsnapshot>",
@@ -258,9 +326,19 @@ def _freeze_disks(domain: libvirt.virDomain, disks: list[domainxml.DiskInfo],
         | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_ATOMIC)
 
 
-def master_overlay_path(disk: domainxml.DiskInfo, generation_id: str) -> str:
+def master_overlay_path(stable_path: str, generation_id: str) -> str:
     """Where the master writes after the bless (next to its old image)."""
-    return f"{disk.path}.live-{generation_id[:8]}"
+    return f"{stable_path}.live-{generation_id[:8]}"
+
+
+def _point(stable: str, overlay: str) -> None:
+    """Make ``stable`` a symlink to ``overlay`` (atomically: it is never
+    missing). Relative, so that the folder may move as a whole."""
+    link = f"{stable}.link-tmp"
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(link)
+    os.symlink(os.path.basename(overlay), link)
+    os.rename(link, stable)
 
 
 def _abort(domain: libvirt.virDomain, fdname: str) -> None:
@@ -292,25 +370,37 @@ def _restore_settings(domain: libvirt.virDomain, saved: dict) -> None:
         LOG.exception("Could not restore migration settings of %s", domain.name())
 
 
-def _check_backing(disk: domainxml.DiskInfo) -> None:
+def _check_backing(disk: domainxml.DiskInfo, max_layers: int) -> None:
     if disk.format != "qcow2":
         return
     backing = qemuimg.backing_file(disk.path)
     if backing and not os.path.isabs(backing):
         raise BlessError(f"disk {disk.target} has a relative backing file "
                          f"({backing}); clones need an absolute one")
+    # Every bless adds a layer under the master; past the limit, reads of
+    # old blocks walk too far. Flattening (a block pull) resets the count.
+    layers = qemuimg.chain_length(disk.path)
+    if layers + 1 > max_layers:
+        raise BlessError(
+            f"disk {disk.target} already has {layers} layers in its backing chain "
+            f"and a bless adds one: more than the limit of {max_layers} (flatten "
+            f"the disk first, e.g. virsh blockpull <domain> {disk.target} --wait)")
 
 
-def _keep_frozen_base(disk: domainxml.DiskInfo, workdir: str) -> dict[str, str]:
-    """Give the generation its own name for the frozen image, so it outlives
-    the master's files (a hard link; a copy across filesystems)."""
+def _keep_frozen_base(layer: _DiskLayers, workdir: str) -> dict[str, str]:
+    """Make the frozen image read-only to everyone (a mistake then fails
+    instead of changing every clone's disk), and give the generation its
+    own name for it, so it outlives the master's files (a hard link; a
+    copy across filesystems)."""
+    disk = layer.disk
     relative = os.path.join("disks", f"{disk.target}.{disk.format}")
     base = os.path.join(workdir, relative)
     os.makedirs(os.path.dirname(base), exist_ok=True)
+    os.chmod(layer.frozen, _FROZEN_MODE)
     try:
-        os.link(disk.path, base)
+        os.link(layer.frozen, base)
     except OSError:
-        shutil.copyfile(disk.path, base)
-    os.chmod(base, 0o644)
+        shutil.copyfile(layer.frozen, base)
+        os.chmod(base, _FROZEN_MODE)
     return {"target": disk.target, "format": disk.format, "base": relative}
 

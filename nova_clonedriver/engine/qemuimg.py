@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from typing import Any
 
 
 def create_overlay(base: str, base_format: str, overlay: str) -> None:
@@ -13,8 +14,18 @@ def create_overlay(base: str, base_format: str, overlay: str) -> None:
                     "-F", base_format, overlay], check=True, capture_output=True)
 
 
+def _info(image: str, *options: str) -> Any:
+    out = subprocess.run(["qemu-img", "info", "-U", "--output=json", *options, image],
+                         check=True, capture_output=True, text=True).stdout
+    return json.loads(out)
+
+
 def backing_file(image: str) -> str | None:
     """The backing file name recorded in ``image`` (None: it has none)."""
-    out = subprocess.run(["qemu-img", "info", "-U", "--output=json", image],
-                         check=True, capture_output=True, text=True).stdout
-    return json.loads(out).get("backing-filename")
+    return _info(image).get("backing-filename")
+
+
+def chain_length(image: str) -> int:
+    """How many images a read of ``image`` may walk: itself and its backing
+    files."""
+    return len(_info(image, "--backing-chain"))

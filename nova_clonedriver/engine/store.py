@@ -53,6 +53,13 @@ class Generation:
     domain_xml: str
     pause_ms: float
     has_genid: bool
+    # What the caller bound the generation to at bless (the nova driver:
+    # its live image or forked server, and the owner project); the engine
+    # keeps it and never interprets it.
+    bound_to: dict[str, str] = dataclasses.field(default_factory=dict)
+    # The secret a peer node must present to OPEN the generation: only
+    # those who may launch its clones learn it (see doc/source/security.rst).
+    access_key: str = ""
     # Empty for a generation blessed on this node; for one presented here by
     # the page service, the address of the origin node's page service.
     origin: str = ""
@@ -98,9 +105,9 @@ class PeerReference:
     updated_at: str
 
 
-def write_json_atomic(path: str, data: Any) -> None:
+def write_json_atomic(path: str, data: Any, mode: int = 0o644) -> None:
     tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode), "w") as f:
         json.dump(data, f, indent=1, sort_keys=True)
         f.flush()
         os.fsync(f.fileno())
@@ -151,7 +158,9 @@ class SnapshotStore:
         return path
 
     def publish(self, generation: Generation, partial_dir: str) -> None:
-        write_json_atomic(os.path.join(partial_dir, GENERATION_FILE), generation.to_json())
+        # Root's alone: it holds the generation's access key.
+        write_json_atomic(os.path.join(partial_dir, GENERATION_FILE), generation.to_json(),
+                          mode=0o600)
         final = os.path.join(self.generations_dir, generation.id)
         os.rename(partial_dir, final)
         generation.directory = final

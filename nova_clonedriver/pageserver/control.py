@@ -76,10 +76,11 @@ class PageServiceClient:
         self.path = path
         self.timeout_s = timeout_s
 
-    def attach(self, generation_id: str, origin: str, prefetch: str = "none"
-               ) -> dict[str, Any]:
+    def attach(self, generation_id: str, origin: str, key: str,
+               prefetch: str = "none") -> dict[str, Any]:
+        """``key``: the generation's access key (the origin checks it)."""
         return self._call({"op": "attach", "generation": generation_id,
-                           "origin": origin, "prefetch": prefetch})
+                           "origin": origin, "key": key, "prefetch": prefetch})
 
     def release(self, generation_id: str) -> dict[str, Any]:
         return self._call({"op": "release", "generation": generation_id})

@@ -27,8 +27,10 @@ class LocalTransport(transport.Transport):
     def address(self) -> str:
         return f"local://{self.location}"
 
-    async def open(self, generation_id: str, clones: list[str]) -> dict[str, Any]:
-        return await self._run(self._origin.open, generation_id, clones)
+    async def open(self, generation_id: str, clones: list[str],
+                   key: str) -> transport.Opened:
+        reply = await self._run(self._origin.open, generation_id, clones, key)
+        return transport.Opened(reply["generation"], reply["file_sizes"])
 
     async def fetch(self, generation_id: str, file_number: int,
                     chunks: list[int]) -> dict[int, bytes | None]:

@@ -1,9 +1,11 @@
 """Serving this node's generations to other nodes.
 
-A peer first OPENs a generation, which records a peer reference in the
-store (so the generation cannot be discarded under its clones, and an
-operator sees which node holds clones of it); only then does it get chunks
-of it. Each connection is served in order, so a peer may pipeline requests.
+A peer first OPENs a generation with its access key (a secret made at
+bless, which only those who may launch its clones learn: a valid
+certificate of the deployment alone gets nothing), which records a peer
+reference in the store (so the generation cannot be discarded under its
+clones, and an operator sees which node holds clones of it); only then does
+it get chunks of it. Each connection is served in order, so a peer may pipeline requests.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import hmac
 import json
 import logging
 import os
@@ -50,8 +53,15 @@ class OriginStore:
     def __init__(self, store: store_mod.SnapshotStore) -> None:
         self.store = store
 
-    def open(self, node: str, generation_id: object, clones: object) -> dict[str, Any]:
+    def open(self, node: str, generation_id: object, clones: object,
+             key: object) -> dict[str, Any]:
         generation = self._generation(generation_id)
+        if not isinstance(key, str):
+            raise protocol.ProtocolError("OPEN needs the generation's access key")
+        if not generation.access_key or not hmac.compare_digest(
+                key.encode(), generation.access_key.encode()):
+            raise transport.Refused(f"{node} did not present the access key of "
+                                    f"generation {generation.id}")
         if (not isinstance(clones, list) or len(clones) > MAX_CLONES_PER_PEER
                 or not all(isinstance(c, str) and len(c) <= 64 for c in clones)):
             raise protocol.ProtocolError("OPEN clones must be a list of clone ids")
@@ -182,7 +192,8 @@ class OriginServer:
     async def _json_request(self, peer: str, kind: Kind, data: dict) -> dict:
         generation_id = data.get("generation")
         if kind == Kind.OPEN:
-            return self.origin.open(peer, generation_id, data.get("clones", []))
+            return self.origin.open(peer, generation_id, data.get("clones", []),
+                                    data.get("key"))
         if kind == Kind.RELEASE:
             self.origin.release(peer, generation_id)
             return {}

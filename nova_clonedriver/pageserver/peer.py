@@ -182,9 +182,11 @@ class PeerTransport(transport.Transport):
     def address(self) -> str:
         return self.location
 
-    async def open(self, generation_id: str, clones: list[str]) -> dict[str, Any]:
-        return await self._client.request_json(Kind.OPEN, {"generation": generation_id,
-                                                           "clones": clones})
+    async def open(self, generation_id: str, clones: list[str],
+                   key: str) -> transport.Opened:
+        reply = await self._client.request_json(
+            Kind.OPEN, {"generation": generation_id, "clones": clones, "key": key})
+        return transport.Opened(reply["generation"], reply["file_sizes"])
 
     async def fetch(self, generation_id: str, file_number: int,
                     chunks: list[int]) -> dict[int, bytes | None]:

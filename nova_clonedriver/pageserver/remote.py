@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hmac
 import logging
 import os
 import shutil
@@ -292,10 +293,12 @@ class RemoteGenerations:
             LOG.info("Presenting %s of %s again (%d cached chunks to fetch again)",
                      generation.id, generation.origin, dropped)
 
-    async def attach(self, generation_id: str, origin: str,
+    async def attach(self, generation_id: str, origin: str, key: str,
                      prefetch: str = "none") -> dict[str, Any]:
         """Make a generation of ``origin`` launchable here; ``prefetch``
-        fetches its working set or all of it before returning."""
+        fetches its working set or all of it before returning. ``key``: its
+        access key; a generation already here is checked against it too, so
+        the key is needed every time."""
         if prefetch not in PREFETCH_CHOICES:
             raise AttachError(f"prefetch must be one of {', '.join(PREFETCH_CHOICES)}")
         async with self._attach_lock:
@@ -306,8 +309,11 @@ class RemoteGenerations:
                 if generation.origin != origin:
                     raise AttachError(f"generation {generation_id} is already here, "
                                       f"from {generation.origin}, not {origin}")
+                if not hmac.compare_digest(key.encode(), generation.access_key.encode()):
+                    raise AttachError(f"that is not the access key of generation "
+                                      f"{generation_id}")
             else:
-                await self._import(generation_id, origin)
+                await self._import(generation_id, origin, key)
         presented = self.presented[generation_id]
         presented.last_used = time.monotonic()
         result: dict[str, Any] = {"generation": generation_id, "local": False,
@@ -349,7 +355,8 @@ class RemoteGenerations:
                 presented.last_used = time.monotonic()
             if clones != presented.told_clones:
                 try:
-                    await presented.origin.open(generation_id, clones)
+                    await presented.origin.open(generation_id, clones,
+                                                presented.generation.access_key)
                     presented.told_clones = clones
                 except Exception as exc:
                     LOG.warning("Could not tell %s about the clones of %s: %s",
@@ -372,10 +379,10 @@ class RemoteGenerations:
                 cached_mib=round(sum(f.cached_bytes() for f in files.values()) / 2**20, 1))
         return data
 
-    async def _import(self, generation_id: str, origin: str) -> None:
+    async def _import(self, generation_id: str, origin: str, key: str) -> None:
         try:
             source = self._transport(origin)
-            reply = await source.open(generation_id, [])
+            reply = await source.open(generation_id, [], key)
         except ValueError as exc:  # a bad origin address
             raise AttachError(str(exc)) from exc
         except transport.Refused as exc:
@@ -383,7 +390,7 @@ class RemoteGenerations:
                               f"{exc}") from exc
         except transport.Unavailable as exc:
             raise AttachError(str(exc)) from exc
-        data, sizes = reply["generation"], reply["file_sizes"]
+        data, sizes = reply.generation, reply.file_sizes
         if data.get("id") != generation_id or len(sizes) != 2 + len(data["disks"]):
             raise AttachError(f"origin {origin} sent inconsistent metadata")
         generation = store_mod.Generation(**{**data, "origin": origin})

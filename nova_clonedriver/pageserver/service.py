@@ -129,6 +129,7 @@ class PageService:
         if operation == "attach":
             return await self.remote.attach(str(request.get("generation")),
                                             str(request.get("origin")),
+                                            str(request.get("key", "")),
                                             str(request.get("prefetch", "none")))
         if operation == "release":
             await self.remote.release(str(request.get("generation")))

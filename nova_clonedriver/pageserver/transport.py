@@ -29,11 +29,19 @@ DEFAULT_SCHEME = "peer"
 
 
 class Refused(Exception):
-    """The origin answered, and refused (unknown generation, not opened)."""
+    """The origin answered, and refused (unknown generation, not opened,
+    wrong access key)."""
 
 
 class Unavailable(Exception):
     """The origin could not be reached within the fetch timeout."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Opened:
+    """The origin's answer to OPEN."""
+    generation: dict[str, Any]  # its generation.json
+    file_sizes: list[int]  # by FETCH file number
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,9 +65,12 @@ class Transport(abc.ABC):
         """The origin address, as generations record it."""
 
     @abc.abstractmethod
-    async def open(self, generation_id: str, clones: list[str]) -> dict[str, Any]:
-        """Record that this node holds ``clones`` of the generation; returns
-        ``{"generation": <generation.json>, "file_sizes": [...]}``."""
+    async def open(self, generation_id: str, clones: list[str], key: str) -> Opened:
+        """Record that this node holds ``clones`` of the generation.
+
+        :param key: the generation's access key (Generation.access_key).
+        :raises Refused: unknown generation, or not the right key.
+        :raises Unavailable: the origin does not answer."""
 
     @abc.abstractmethod
     async def fetch(self, generation_id: str, file_number: int,

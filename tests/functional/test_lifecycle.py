@@ -128,7 +128,8 @@ class TestLifecycleAndFailures(base.LibvirtTestCase):
         self.assertEqual(self.generations_before, os.listdir(self.engine.store.generations_dir))
 
     def test_bless_that_fails_midway_leaves_the_master_as_it_was(self):
-        impatient = api.CloneEngine(self.conn, self.state_dir, bless_timeout_s=0.001)
+        impatient = api.CloneEngine(self.conn, self.state_dir,
+                                     bless_options=api.BlessOptions(timeout_s=0.001))
         disk_before = base.disk_path(self.master)
         master_dir = os.path.dirname(disk_before)
         files_before = sorted(os.listdir(master_dir))
@@ -142,6 +143,48 @@ class TestLifecycleAndFailures(base.LibvirtTestCase):
         params = qmp.command(self.master, "query-migrate-parameters")
         self.assertEqual(300, params["downtime-limit"])  # QEMU's default, restored
         self._bless()  # and a bless after it works
+
+    def test_blesses_stack_frozen_layers_up_to_a_limit(self):
+        master_dir = os.path.dirname(base.disk_path(self.master))
+        first = self._bless()
+        second = self._bless()
+        top = base.disk_path(self.master)
+        self.assertEqual(f"disk.raw.live-{second.id[:8]}", os.path.basename(top))
+        chain = [os.path.basename(layer["filename"]) for layer in json.loads(subprocess.run(
+            ["qemu-img", "info", "-U", "--backing-chain", "--output=json", top],
+            check=True, capture_output=True, text=True).stdout)]
+        self.assertEqual([f"disk.raw.live-{second.id[:8]}", f"disk.raw.frozen-{second.id[:8]}",
+                          f"disk.raw.frozen-{first.id[:8]}"], chain[:3])
+        # The raw image's own path stays a raw file (a raw path never names
+        # a qcow2 overlay): the frozen base of the first bless.
+        raw = os.path.join(master_dir, "disk.raw")
+        self.assertFalse(os.path.islink(raw))
+        self.assertEqual(os.stat(raw).st_ino, os.stat(os.path.join(
+            master_dir, f"disk.raw.frozen-{self.raw_generation.id[:8]}")).st_ino)
+        # At the limit: refused, and nothing changes.
+        files_before = sorted(os.listdir(master_dir))
+        generations_before = os.listdir(self.engine.store.generations_dir)
+        limited = api.CloneEngine(self.conn, self.state_dir, bless_options=api.BlessOptions(
+            max_disk_layers=len(chain)))
+        error = self.assertRaises(api.BlessError, limited.bless, self.master.name())
+        self.assertIn(f"already has {len(chain)} layers in its backing chain", str(error))
+        self.assertIn("virsh blockpull", str(error))
+        self.assertEqual(top, base.disk_path(self.master))
+        self.assertEqual(files_before, sorted(os.listdir(master_dir)))
+        self.assertEqual(generations_before, os.listdir(self.engine.store.generations_dir))
+        self.assertEqual(1, self.master.state()[0])
+
+    def test_a_clone_is_not_blessed(self):
+        generation = self._bless()
+        [clone] = self.engine.launch(generation.id)
+        clone_dir = self.engine.store.clone_dir(clone.uuid)
+        files_before = sorted(os.listdir(clone_dir))
+        error = self.assertRaises(api.BlessError, self.engine.bless, clone.name)
+        self.assertIn("is a live clone: clones of clones are not supported", str(error))
+        self.assertEqual(1, self.conn.lookupByUUIDString(clone.uuid).state()[0])
+        self.assertEqual(files_before, sorted(os.listdir(clone_dir)))
+        self.assertEqual([generation.id], [g for g in self.engine.store.generation_ids()
+                                           if g not in self.generations_before])
 
     def test_discard_waits_for_clones_and_destroy_frees_them(self):
         generation = self._bless()

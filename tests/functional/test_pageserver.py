@@ -98,7 +98,8 @@ class TestPageService(base.LibvirtTestCase):
 
     def test_clones_on_another_node_run_from_the_origin_state(self):
         generation = self.generation
-        reply = self.node_b.client.attach(generation.id, self.node_a.address)
+        reply = self.node_b.client.attach(generation.id, self.node_a.address,
+                                          generation.access_key)
         self.assertFalse(reply["local"])
         presented = self.engine_b.store.load(generation.id)
         self.assertEqual(self.node_a.address, presented.origin)
@@ -143,7 +144,7 @@ class TestPageService(base.LibvirtTestCase):
             working_set = json.load(f)
         self.assertGreater(len(working_set), 0)
         reply = node_c.client.attach(generation.id, self.node_a.address,
-                                     prefetch="working-set")
+                                     generation.access_key, prefetch="working-set")
         self.assertEqual(len(working_set), reply["prefetched_chunks"])
         engine_c = api.CloneEngine(self.conn, node_c.state_dir)
         third = engine_c.launch(generation.id, 1, name_prefix=f"{self.prefix}-c")[0]
@@ -167,7 +168,8 @@ class TestPageService(base.LibvirtTestCase):
         metrics_port = localnode.free_port()
         node = self.add_node("node-shared", release_idle_s=3600, metrics_port=metrics_port)
         shared = f"local://{self.node_a.state_dir}"  # as if NFS-mounted here too
-        self.assertFalse(node.client.attach(generation.id, shared)["local"])
+        self.assertFalse(node.client.attach(generation.id, shared,
+                                              generation.access_key)["local"])
         chunk = self.data_chunks(generation)[-1]
         self.assertSameBytes(self.memory_chunk_at_origin(generation, chunk),
                              self.read_chunk(node, generation, chunk))
@@ -196,24 +198,28 @@ class TestPageService(base.LibvirtTestCase):
         served = self.node_a.client.stats()["origin"]["generations"]
         self.assertNotIn("node-shared", served.get(generation.id, {}))
         error = self.assertRaises(control.PageServiceError, node.client.attach,
-                                  "0" * 32, "nfs://server/export")
+                                  "0" * 32, "nfs://server/export", "k")
         self.assertIn("no page service transport 'nfs'", str(error))
 
     def test_background_completion_fetches_everything_at_a_bounded_rate(self):
         node = self.add_node("node-background", release_idle_s=3600,
                              background_fetch_mib_per_s=200)
-        node.client.attach(self.generation.id, self.node_a.address)
+        node.client.attach(self.generation.id, self.node_a.address,
+                           self.generation.access_key)
         waiting.wait(lambda: (self.remote_stats(node, self.generation.id)["chunks_cached"]
                               == self.remote_stats(node, self.generation.id)["chunks_total"]),
                      60, "the background completion")
         stats = self.remote_stats(node, self.generation.id)
         self.assertGreater(stats["bytes_fetched"], PATTERN_MIB * CHUNK)
-        self.assertIn("is complete in the cache", node.log())
+        # Logged after the pause that follows the last batch.
+        waiting.wait(lambda: "is complete in the cache" in node.log(), 10,
+                     lambda: f"no completion in the log: {node.log()[-2000:]}")
 
     def test_full_prefetch_makes_a_node_independent_of_the_origin(self):
         generation = self.engine_a.bless(self.master.name())
         node = self.add_node("node-full", release_idle_s=3600)
-        reply = node.client.attach(generation.id, self.node_a.address, prefetch="full")
+        reply = node.client.attach(generation.id, self.node_a.address,
+                                   generation.access_key, prefetch="full")
         stats = self.remote_stats(node, generation.id)
         self.assertEqual(stats["chunks_total"], stats["chunks_cached"], stats)
         self.assertGreater(reply["prefetched_mib"], PATTERN_MIB)
@@ -232,7 +238,8 @@ class TestPageService(base.LibvirtTestCase):
         with open(generation.memory_image, "r+b") as f:
             f.seek(damaged * CHUNK + 100)
             f.write(b"\xff" * 16)
-        self.node_b.client.attach(generation.id, self.node_a.address)
+        self.node_b.client.attach(generation.id, self.node_a.address,
+                                          generation.access_key)
         with open(self.node_b.mount_path(generation.id), "rb") as f:
             f.seek(damaged * CHUNK)
             error = self.assertRaises(OSError, f.read, 4096)
@@ -246,7 +253,7 @@ class TestPageService(base.LibvirtTestCase):
     def test_fetches_resume_after_an_origin_restart_and_fail_after_the_timeout(self):
         generation = self.engine_a.bless(self.master.name())
         node = self.add_node("node-faults", fetch_timeout_s=12, release_idle_s=3600)
-        node.client.attach(generation.id, self.node_a.address)
+        node.client.attach(generation.id, self.node_a.address, generation.access_key)
         # Far apart: the kernel's read-ahead of one must not fetch the other.
         chunks = self.data_chunks(generation)
         first, second = chunks[-1], chunks[len(chunks) // 2]
@@ -282,7 +289,7 @@ class TestPageService(base.LibvirtTestCase):
     def test_a_restarted_node_keeps_its_generations_and_cache(self):
         generation = self.engine_a.bless(self.master.name())
         node = self.add_node("node-crash", release_idle_s=3600)
-        node.client.attach(generation.id, self.node_a.address)
+        node.client.attach(generation.id, self.node_a.address, generation.access_key)
         chunk = self.data_chunks(generation)[-1]
         data = self.read_chunk(node, generation, chunk)
         cached = self.remote_stats(node, generation.id)["chunks_cached"]["memory.img"]
@@ -295,20 +302,60 @@ class TestPageService(base.LibvirtTestCase):
 
     def test_bad_attach_requests_change_nothing(self):
         before = sorted(self.engine_b.store.generation_ids())
+        key = self.generation.access_key
         error = self.assertRaises(control.PageServiceError, self.node_b.client.attach,
-                                  "0" * 32, self.node_a.address)
+                                  "0" * 32, self.node_a.address, key)
         self.assertIn("no snapshot generation", str(error))
         error = self.assertRaises(control.PageServiceError, self.node_b.client.attach,
-                                  self.generation.id, self.node_a.address, "everything")
+                                  self.generation.id, self.node_a.address, key, "everything")
         self.assertIn("prefetch must be one of", str(error))
         error = self.assertRaises(control.PageServiceError, self.node_b.client.attach,
-                                  self.generation.id, "not-an-address")
+                                  self.generation.id, "not-an-address", key)
         self.assertIn("not <host>:<port>", str(error))
         self.assertEqual(before, sorted(self.engine_b.store.generation_ids()))
 
+    def test_a_node_without_the_access_key_gets_nothing(self):
+        # A node of the deployment (valid certificate) that does not know the
+        # generation's key: its attach is refused by the origin, and nothing
+        # is left on either side.
+        node = self.add_node("node-nokey")
+        for wrong in ("", "0" * 64, self.generation.access_key[:-1]):
+            error = self.assertRaises(control.PageServiceError, node.client.attach,
+                                      self.generation.id, self.node_a.address, wrong)
+            self.assertIn("did not present the access key", str(error))
+        self.assertNotIn(self.generation.id, api.CloneEngine(
+            self.conn, node.state_dir).store.generation_ids())
+        self.assertNotIn("node-nokey", [p.node for p in
+                                        self.engine_a.store.peer_references(self.generation)])
+        # The same through the shared-storage transport.
+        error = self.assertRaises(control.PageServiceError, node.client.attach,
+                                  self.generation.id, f"local://{self.node_a.state_dir}",
+                                  "0" * 64)
+        self.assertIn("did not present the access key", str(error))
+        # A node that has it, once: asking again with another key is refused
+        # too (the key is checked every time).
+        node.client.attach(self.generation.id, self.node_a.address,
+                           self.generation.access_key)
+        error = self.assertRaises(control.PageServiceError, node.client.attach,
+                                  self.generation.id, self.node_a.address, "0" * 64)
+        self.assertIn("not the access key", str(error))
+        # Straight to the origin: OPEN without a key or with a wrong one.
+        context = self.client_context(self.pki, "node-g")
+        closer = protocol.encode(Kind.DATA, 2, b"")  # malformed: the origin hangs up
+        for data, reason in (({}, "OPEN needs the generation's access key"),
+                             ({"key": "0" * 64}, "did not present the access key")):
+            replies = self.exchange(context, protocol.encode_json(
+                Kind.OPEN, 1, {"generation": self.generation.id, "clones": [], **data})
+                + closer)
+            self.assertEqual(Kind.ERROR, replies[0][0])
+            self.assertIn(reason, json.loads(replies[0][1])["error"])
+        error = self.assertRaises(transport.Refused, self.fetch_with, context,
+                                  self.generation.id)
+        self.assertIn("node-g has not opened generation", str(error))
+
     def test_peers_must_authenticate_and_only_get_what_they_opened(self):
-        open_request = protocol.encode_json(Kind.OPEN, 1, {"generation": self.generation.id,
-                                                           "clones": []})
+        open_request = protocol.encode_json(Kind.OPEN, 1, {
+            "generation": self.generation.id, "clones": [], "key": self.generation.access_key})
         # No client certificate: the origin drops the connection unanswered.
         bare = ssl.create_default_context(cafile=self.pki.ca_file)
         self.assertTrue(self.refused(bare, open_request))
@@ -344,8 +391,8 @@ class TestPageService(base.LibvirtTestCase):
             self.assertEqual(1, len(replies), request)
             self.assertEqual(Kind.ERROR, replies[0][0], request)
         # A chunk beyond the end of the image, once the generation is open.
-        open_request = protocol.encode_json(Kind.OPEN, 1, {"generation": self.generation.id,
-                                                           "clones": []})
+        open_request = protocol.encode_json(Kind.OPEN, 1, {
+            "generation": self.generation.id, "clones": [], "key": self.generation.access_key})
         beyond = protocol.encode(Kind.FETCH, 2, protocol.encode_fetch(
             self.generation.id, protocol.MEMORY_FILE, [len(self.generation.chunks)]))
         replies = self.exchange(context, open_request + beyond)
@@ -452,8 +499,9 @@ class TestPageService(base.LibvirtTestCase):
         client = peer_mod.OriginClient(self.node_a.address, context, 10, 4)
         try:
             if open_first:
+                key = self.engine_a.store.load(generation_id).access_key
                 await client.request_json(Kind.OPEN, {"generation": generation_id,
-                                                      "clones": []})
+                                                      "clones": [], "key": key})
             data = await client.fetch(generation_id, protocol.MEMORY_FILE, [chunk])
             return data[chunk]
         finally:

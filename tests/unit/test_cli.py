@@ -36,7 +36,8 @@ def make_generation(generation_id=GEN_ID, source="web", pause_ms=8.1):
         machine_type="pc-q35-7.2", main_block="pc.ram", chunk_size_bytes=1 << 21,
         chunks=["ab"] * 3, device_stream_sha256="cd",
         disks=[{"target": "vda", "format": "qcow2", "base": "vda.base"}],
-        domain_xml="<domain/>", pause_ms=pause_ms, has_genid=True, directory="/nowhere")
+        domain_xml="<domain/>", pause_ms=pause_ms, has_genid=True, access_key="k3y",
+        directory="/nowhere")
 
 
 def make_clone(i, prefix="web-clone"):
@@ -133,8 +134,10 @@ class TestList(CLITestCase):
         self.run_ok("--config-file", config, "list")
         self.libvirt_open.assert_called_once_with("test:///default")
         self.engine_class.assert_called_once_with(
-            self.libvirt_open.return_value, self.state_dir, bless_downtime_limit_ms=10,
-            bless_timeout_s=300, launch_parallelism=3)
+            self.libvirt_open.return_value, self.state_dir,
+            bless_options=api.BlessOptions(downtime_limit_ms=10, timeout_s=300,
+                                           max_disk_layers=16),
+            launch_parallelism=3)
 
 
 class TestLaunch(CLITestCase):
@@ -185,7 +188,9 @@ class TestBless(CLITestCase):
         out, _ = self.run_ok("bless", "web", "-f", "json")
         self.engine.bless.assert_called_once_with("web")
         shown = json.loads(out)
-        self.assertEqual(api.generation_summary(make_generation()), shown)
+        self.assertEqual({**api.generation_summary(make_generation()),
+                          "access_key": make_generation().access_key}, shown)
+        self.assertNotIn("access_key", api.generation_summary(make_generation()))
         self.assertEqual(GEN_ID, shown["id"])
         self.assertEqual(8.1, shown["pause_ms"])
         self.assertNotIn("domain_xml", shown)
@@ -194,7 +199,8 @@ class TestBless(CLITestCase):
 
     def test_yaml(self):
         out, _ = self.run_ok("bless", "web", "-f", "yaml")
-        self.assertEqual(api.generation_summary(make_generation()), yaml.safe_load(out))
+        self.assertEqual({**api.generation_summary(make_generation()),
+                          "access_key": make_generation().access_key}, yaml.safe_load(out))
 
     def test_table(self):
         out, _ = self.run_ok("bless", "web")
@@ -301,7 +307,8 @@ class TestHelp(CLITestCase):
         "destroy": ["CLONE", "name or UUID"],
         "demo": ["--clones N", "--memory-mb MIB", "--guest-dir DIR", "--no-baseline",
                  "--remote-clones N", "-f {", "exit status is 1"],
-        "attach": ["SNAPSHOT", "--origin HOST:PORT", "--prefetch {none,working-set,full}",
+        "attach": ["SNAPSHOT", "--origin HOST:PORT", "--key KEY",
+                   "--prefetch {none,working-set,full}",
                    "nova-clone-pageserver"],
         "release": ["SNAPSHOT", "refused while any"],
         "page stats": ["-f {", "fetch latency p50/p99"],
@@ -484,15 +491,15 @@ class TestPageServiceCommands(CLITestCase):
         self.client.attach.return_value = {"generation": GEN_ID, "local": False,
                                            "prefetch": "full", "prefetched_mib": 210.5}
         out, _ = self.run_ok("attach", GEN_ID, "--origin", "10.0.0.11:8797",
-                             "--prefetch", "full", "-f", "json")
+                             "--key", "k3y", "--prefetch", "full", "-f", "json")
         self.assertEqual(210.5, json.loads(out)["prefetched_mib"])
         self.client_class.assert_called_once_with(
             os.path.join(self.state_dir, "pageserver.sock"))
-        self.client.attach.assert_called_once_with(GEN_ID, "10.0.0.11:8797", "full")
+        self.client.attach.assert_called_once_with(GEN_ID, "10.0.0.11:8797", "k3y", "full")
 
     def test_a_bad_prefetch_choice_is_a_usage_error(self):
         with mock.patch("sys.stderr", new_callable=io.StringIO) as usage:
-            status, _, _ = self.run_cli("attach", GEN_ID, "--origin", "h:1",
+            status, _, _ = self.run_cli("attach", GEN_ID, "--origin", "h:1", "--key", "k",
                                         "--prefetch", "most")
         self.assertEqual(2, status)
         self.assertIn("invalid choice: 'most'", usage.getvalue())

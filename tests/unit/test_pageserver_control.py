@@ -43,8 +43,8 @@ class TestControlSocket(testtools.TestCase):
     def test_requests_replies_and_errors(self):
         self.serving()
         client = control.PageServiceClient(self.path, timeout_s=10)
-        self.assertEqual({"answer": 42}, client.attach("g", "h:1", "full"))
-        self.assertEqual({"op": "attach", "generation": "g", "origin": "h:1",
+        self.assertEqual({"answer": 42}, client.attach("g", "h:1", "k", "full"))
+        self.assertEqual({"op": "attach", "generation": "g", "origin": "h:1", "key": "k",
                           "prefetch": "full"}, self.requests[0])
         error = self.assertRaises(control.PageServiceError, client.release, "x")
         self.assertNotIsInstance(error, control.PageServiceUnavailable)

@@ -13,9 +13,11 @@ import testtools
 from nova_clonedriver.engine import store as store_mod
 from nova_clonedriver.pageserver import localfs
 from nova_clonedriver.pageserver import peer
+from nova_clonedriver.pageserver import protocol
 from nova_clonedriver.pageserver import transport
 
 GENERATION_ID = "ab" * 16
+KEY = "9f" * 32
 CHUNK = 1 << 20
 
 
@@ -59,7 +61,7 @@ class TestLocalTransport(testtools.TestCase):
             created_at="2026-11-27T00:00:00+00:00", memory_bytes=2 * CHUNK, vcpus=1,
             machine_type="pc", main_block="pc.ram", chunk_size_bytes=CHUNK,
             chunks=["x", None], device_stream_sha256="y", disks=[], domain_xml="<domain/>",
-            pause_ms=1.0, has_genid=True), partial)
+            pause_ms=1.0, has_genid=True, access_key=KEY), partial)
         self.store = store
         self.shared = transport.load(f"local://{self.root}", context())
 
@@ -67,8 +69,9 @@ class TestLocalTransport(testtools.TestCase):
         return asyncio.run(coroutine)
 
     def test_open_fetch_working_set_release(self):
-        reply = self.run_async(self.shared.open(GENERATION_ID, ["c1"]))
-        self.assertEqual([2 * CHUNK, 6], reply["file_sizes"])
+        reply = self.run_async(self.shared.open(GENERATION_ID, ["c1"], KEY))
+        self.assertEqual([2 * CHUNK, 6], reply.file_sizes)
+        self.assertEqual(GENERATION_ID, reply.generation["id"])
         generation = self.store.load(GENERATION_ID)
         self.assertEqual([("node-b", ["c1"])],
                          [(p.node, p.clones) for p in self.store.peer_references(generation)])
@@ -87,5 +90,19 @@ class TestLocalTransport(testtools.TestCase):
                                   self.shared.fetch(GENERATION_ID, 0, [0]))
         self.assertIn("node-b has not opened generation", str(error))
         error = self.assertRaises(transport.Refused, self.run_async,
-                                  self.shared.open("cd" * 16, []))
+                                  self.shared.open("cd" * 16, [], KEY))
         self.assertIn("no snapshot generation", str(error))
+
+    def test_open_needs_the_access_key(self):
+        generation = self.store.load(GENERATION_ID)
+        for wrong in ("", "k" * 63, KEY.upper()):
+            error = self.assertRaises(transport.Refused, self.run_async,
+                                      self.shared.open(GENERATION_ID, ["c1"], wrong))
+            self.assertIn("node-b did not present the access key", str(error))
+        error = self.assertRaises(protocol.ProtocolError, self.run_async,
+                                  self.shared.open(GENERATION_ID, ["c1"], None))
+        self.assertIn("needs the generation's access key", str(error))
+        self.assertEqual([], self.store.peer_references(generation))
+        error = self.assertRaises(transport.Refused, self.run_async,
+                                  self.shared.fetch(GENERATION_ID, 0, [0]))
+        self.assertIn("has not opened", str(error))

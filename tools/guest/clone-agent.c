@@ -17,6 +17,8 @@
  *   checksum             recompute the checksum of the filled memory
  *   dirty <percent> <seed>  rewrite that share of the filled pages
  *   identity             16 random bytes, VM generation ID, NICs (MAC, IPv4)
+ *   diskwrite <block> <seed>  write a seeded 4 KiB block to /dev/vda, synced
+ *   diskread <block>     checksum of that 4 KiB block of /dev/vda
  *
  * Kernel command line "clone_agent.fill=<mib>:<seed>" fills at boot.
  */
@@ -227,6 +229,49 @@ static void do_identity(int fd, const char *id)
           rnd_hex, genid, nics);
 }
 
+/* One 4 KiB block of the first disk, by the block device (no file system
+ * in the test guest), bypassing the guest's page cache both ways. */
+#define DISK_PATH "/dev/vda"
+#define DISK_BLOCK_BYTES 4096
+
+static void do_disk(int fd, const char *id, int write_it,
+                    unsigned long long block, unsigned long long seed)
+{
+    uint64_t *buf = NULL;
+    uint64_t sum = 0;
+    int disk = open(DISK_PATH, (write_it ? O_RDWR : O_RDONLY) | O_DIRECT);
+    if (disk < 0 || posix_memalign((void **)&buf, DISK_BLOCK_BYTES, DISK_BLOCK_BYTES)) {
+        reply(fd, id, "\"ok\":false,\"error\":\"cannot open %s: %s\"", DISK_PATH,
+              strerror(errno));
+        if (disk >= 0)
+            close(disk);
+        return;
+    }
+    off_t offset = (off_t)block * DISK_BLOCK_BYTES;
+    size_t words = DISK_BLOCK_BYTES / sizeof(uint64_t);
+    ssize_t n;
+    if (write_it) {
+        for (size_t i = 0; i < words; i++)
+            buf[i] = (seed + 1) * 0x9e3779b97f4a7c15ULL ^ (block * words + i);
+        n = pwrite(disk, buf, DISK_BLOCK_BYTES, offset);
+        if (n == DISK_BLOCK_BYTES && fsync(disk))
+            n = -1;
+    } else {
+        n = pread(disk, buf, DISK_BLOCK_BYTES, offset);
+    }
+    if (n != DISK_BLOCK_BYTES) {
+        reply(fd, id, "\"ok\":false,\"error\":\"%s of block %llu failed: %s\"",
+              write_it ? "write" : "read", block, n < 0 ? strerror(errno) : "short");
+    } else {
+        for (size_t i = 0; i < words; i++)
+            sum = (sum ^ buf[i]) * 0x100000001b3ULL;
+        reply(fd, id, "\"ok\":true,\"block\":%llu,\"checksum\":\"%016llx\"", block,
+              (unsigned long long)sum);
+    }
+    free(buf);
+    close(disk);
+}
+
 static long mem_available_kib(void)
 {
     char line[128];
@@ -273,6 +318,10 @@ static void handle_line(int fd, char *line)
         reply(fd, id, "\"ok\":true,\"pages\":%zu", pages);
     } else if (!strcmp(cmd, "identity")) {
         do_identity(fd, id);
+    } else if (!strcmp(cmd, "diskwrite") && n == 4) {
+        do_disk(fd, id, 1, a, b);
+    } else if (!strcmp(cmd, "diskread") && n >= 3) {
+        do_disk(fd, id, 0, a, 0);
     } else {
         reply(fd, id, "\"ok\":false,\"error\":\"unknown or malformed command\"");
     }
