@@ -44,7 +44,8 @@ def console_log_in(directory: str) -> str:
 
 
 def domain_xml(name: str, memory_mib: int, workdir: str, disk_format: str = "qcow2",
-               vcpus: int = 1, mac: str = "52:54:00:c1:00:01") -> str:
+               vcpus: int = 1, mac: str = "52:54:00:c1:00:01", genid: bool = True) -> str:
+    """``genid``: with a VM generation ID (libvirt makes it)."""
     kernel = os.path.join(workdir, "vmlinuz")
     initrd = os.path.join(workdir, "initrd.img")
     w = escape(workdir)
@@ -52,7 +53,7 @@ def domain_xml(name: str, memory_mib: int, workdir: str, disk_format: str = "qco
   <name>{escape(name)}</name>
   <memory unit='MiB'>{memory_mib}</memory>
   <vcpu>{vcpus}</vcpu>
-  <genid/>
+  {"<genid/>" if genid else ""}
   <os>
     <type arch='x86_64' machine='pc'>hvm</type>
     <kernel>{escape(kernel)}</kernel>
@@ -84,7 +85,7 @@ def domain_xml(name: str, memory_mib: int, workdir: str, disk_format: str = "qco
 
 
 def boot(conn: libvirt.virConnect, name: str, memory_mib: int, workdir: str,
-         guest_dir: str | None = None, disk_format: str = "qcow2"
+         guest_dir: str | None = None, disk_format: str = "qcow2", genid: bool = True
          ) -> tuple[libvirt.virDomain, agent_mod.AgentClient]:
     """Start a transient test guest and wait for its agent."""
     os.makedirs(workdir, exist_ok=True)
@@ -93,7 +94,8 @@ def boot(conn: libvirt.virConnect, name: str, memory_mib: int, workdir: str,
     subprocess.run(["qemu-img", "create", "-q", "-f", disk_format,
                     os.path.join(workdir, f"disk.{disk_format}"), f"{DISK_SIZE_MIB}M"],
                    check=True)
-    domain = conn.createXML(domain_xml(name, memory_mib, workdir, disk_format), 0)
+    domain = conn.createXML(domain_xml(name, memory_mib, workdir, disk_format,
+                                       genid=genid), 0)
     client = agent_in(workdir)
     try:
         client.wait_ready()

@@ -5,41 +5,55 @@ and image that is not about cloning takes LibvirtDriver's path unchanged.
 
 * A snapshot whose image has ``clone_live=true`` blesses the server instead
   of copying its disk; the image gets the generation's identity as
-  properties and a small JSON manifest as data.
+  properties and a small JSON manifest as data. The generation is bound to
+  that image and its project.
 * A server whose flavor has ``clone:enabled=true`` and whose image is such
   a live image is launched as a clone: nova's name, UUID, instance folder
-  and NICs, the generation's memory and disks.
+  and NICs, the generation's memory and disks. Only the image a generation
+  is bound to launches it, so Glance's visibility decides who may clone.
 * Deleting a clone frees its overlay and its reference to the generation.
+* Every domain it boots the normal way gets a VM generation ID, so that its
+  clones can be told apart (their kernels reseed their RNGs).
+
+What a user can set (image properties, server metadata) only selects; who
+may clone what is decided by the records of nova, Glance and the engine.
+See doc/source/security.rst.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
+import os
 from typing import Any
 
-import libvirt
 from nova import context as nova_context
 from nova import exception
+from nova import objects
 from nova.compute import task_states
 from nova.privsep import path as nova_privsep_path
 from nova.virt.libvirt import driver as libvirt_driver
 from nova.virt.libvirt import utils as libvirt_utils
 from oslo_concurrency import lockutils
 from oslo_log import log as logging
+from oslo_utils import netutils
 from oslo_utils import strutils
 
 from nova_clonedriver import live_image
 from nova_clonedriver.conf import CONF
+from nova_clonedriver.conf import clone as clone_conf
 from nova_clonedriver.engine import api
+from nova_clonedriver.engine import domainxml
 from nova_clonedriver.engine import hostmem
 from nova_clonedriver.pageserver import control
 from nova_clonedriver.virt import extra_specs
-from nova_clonedriver.virt import live_images
 
 LOG = logging.getLogger(__name__)
 
 TRAIT_LIVE_CLONE = "CUSTOM_LIVE_CLONE"
+# In the compute node's stats (nova's database): where its page service is.
+STAT_PAGE_SERVICE = "clone_page_service"
 
 
 def is_clone_flavor(flavor: Any) -> bool:
@@ -62,7 +76,6 @@ class CloneDriver(libvirt_driver.LibvirtDriver):
     def __init__(self, virtapi: Any, read_only: bool = False) -> None:
         super().__init__(virtapi, read_only)
         self._engine: api.CloneEngine | None = None
-        self._live_images = live_images.LiveImageIndex(CONF.clone.state_dir)
 
     @property
     def clone_engine(self) -> api.CloneEngine:
@@ -71,8 +84,8 @@ class CloneDriver(libvirt_driver.LibvirtDriver):
         if self._engine is None:
             self._engine = api.CloneEngine(
                 self._host.get_connection(), CONF.clone.state_dir,
-                bless_downtime_limit_ms=CONF.clone.bless_downtime_limit_ms,
-                bless_timeout_s=CONF.clone.bless_timeout_s,
+                bless_options=dataclasses.replace(clone_conf.bless_options(CONF),
+                                                  require_genid=True),
                 launch_parallelism=CONF.clone.launch_parallelism,
                 # nova-compute runs as an unprivileged user in real clouds.
                 chown=nova_privsep_path.chown)
@@ -86,16 +99,15 @@ class CloneDriver(libvirt_driver.LibvirtDriver):
         if not strutils.bool_from_string(image.get("properties", {}).get(live_image.LIVE)):
             return super().snapshot(context, instance, image_id, update_task_state)
         update_task_state(task_state=task_states.IMAGE_PENDING_UPLOAD)
-        try:
-            generation = self.clone_engine.bless(instance.name)
-        except api.BlessError as exc:
-            raise exception.NovaException(f"live image of {instance.uuid}: {exc}") from exc
+        generation = self._bless(instance, {live_image.BOUND_IMAGE: image_id,
+                                            live_image.BOUND_PROJECT: instance.project_id})
         properties = dict(image.get("properties", {}))
         properties.update({
             live_image.GENERATION: generation.id,
             live_image.ORIGIN_HOST: CONF.host,
-            live_image.ORIGIN_ADDRESS: (CONF.pageserver.advertise_address or
-                                        f"{CONF.my_ip}:{CONF.pageserver.listen_port}"),
+            # Glance shows it to those who may see the image: those who may
+            # clone it, on any host.
+            live_image.ACCESS_KEY: generation.access_key,
             live_image.MASTER: instance.uuid,
             live_image.MEMORY_MB: str(generation.memory_bytes >> 20),
             live_image.VCPUS: str(generation.vcpus),
@@ -108,10 +120,36 @@ class CloneDriver(libvirt_driver.LibvirtDriver):
                           expected_state=task_states.IMAGE_PENDING_UPLOAD)
         self._image_api.update(context, image_id, metadata,
                                io.BytesIO(manifest.encode()), purge_props=False)
-        self._live_images.record(generation.id, image_id)
         LOG.info("Blessed %s as generation %s for live image %s (master paused "
                  "%.1f ms)", instance.uuid, generation.id, image_id, generation.pause_ms,
                  instance=instance)
+
+    def _bless(self, instance: Any, bound_to: dict[str, str]) -> api.Generation:
+        try:
+            return self.clone_engine.bless(instance.name, bound_to)
+        except api.NoGenerationID as exc:
+            raise exception.NovaException(
+                f"cannot make a live image of {instance.uuid}: {exc}. It was started "
+                "before nova-clonedriver gave every server one: hard reboot it "
+                "('openstack server reboot --hard') and try again") from exc
+        except api.BlessError as exc:
+            raise exception.NovaException(f"live image of {instance.uuid}: {exc}") from exc
+
+    def _get_guest_xml(self, *args: Any, **kwargs: Any) -> str:
+        # Any server may become a master: each gets a VM generation ID, which
+        # its clones change (nova itself never writes one).
+        return domainxml.with_genid(super()._get_guest_xml(*args, **kwargs))
+
+    def get_available_resource(self, nodename: str) -> dict[str, Any]:
+        # Where other hosts reach this host's page service, published in
+        # nova's own record of this compute node (never taken from an image).
+        resources = super().get_available_resource(nodename)
+        stats = dict(resources.get("stats") or {})
+        stats[STAT_PAGE_SERVICE] = (CONF.pageserver.advertise_address or
+                                    f"{netutils.escape_ipv6(CONF.my_ip)}:"
+                                    f"{CONF.pageserver.listen_port}")
+        resources["stats"] = stats
+        return resources
 
     # -- launch --------------------------------------------------------------
 
@@ -122,7 +160,7 @@ class CloneDriver(libvirt_driver.LibvirtDriver):
         clone = is_clone_flavor(instance.flavor)
         fork_of = (instance.metadata or {}).get(live_image.CLONE_OF)
         if clone and fork_of:
-            generation = self._fork_generation(instance, fork_of)
+            generation = self._fork_generation(context, instance, fork_of)
             self._check_free_memory(generation)
             self._launch_clone(instance, image_meta, generation.id, network_info or [])
             return
@@ -143,8 +181,7 @@ class CloneDriver(libvirt_driver.LibvirtDriver):
                 image_id=instance.image_ref,
                 reason=f"the image is a live image; boot it with a clone flavor "
                        f"({extra_specs.ENABLED}=true) (generation {generation_id})")
-        generation = self._generation_for(instance, generation_id,
-                                          properties.get(live_image.ORIGIN_ADDRESS))
+        generation = self._generation_for(context, instance, generation_id, properties)
         self._check_free_memory(generation)
         self._launch_clone(instance, image_meta, generation.id, network_info or [])
 
@@ -212,54 +249,114 @@ class CloneDriver(libvirt_driver.LibvirtDriver):
             return {}
         return self._image_api.get(context, instance.image_ref).get("properties", {})
 
-    def _fork_generation(self, instance: Any, master_uuid: str) -> api.Generation:
+    def _fork_generation(self, context: Any, instance: Any,
+                         master_uuid: str) -> api.Generation:
         """A generation of the running server ``master_uuid``: one blessed in
         the last ``[clone] fork_reuse_s`` seconds, else a new bless. One lock
         per master, so a burst of requests shares one bless."""
-        with lockutils.lock(f"clone-fork-{master_uuid}"):
+        master = self._fork_master(context, instance, master_uuid)
+        with lockutils.lock(f"clone-fork-{master.uuid}"):
             recent = [g for g in self.clone_engine.generations()
-                      if g.source_uuid == master_uuid
+                      if g.bound_to.get(live_image.BOUND_FORK_OF) == master.uuid
                       and api.age_s(g.created_at) <= CONF.clone.fork_reuse_s]
             if recent:
                 generation = max(recent, key=lambda g: g.created_at)
             else:
-                generation = self._bless_for_fork(master_uuid)
+                generation = self._bless(master, {
+                    live_image.BOUND_FORK_OF: master.uuid,
+                    live_image.BOUND_PROJECT: master.project_id})
         self._check_matches(instance, generation)
         return generation
 
-    def _bless_for_fork(self, master_uuid: str) -> api.Generation:
-        try:
-            master = self.clone_engine.conn.lookupByUUIDString(master_uuid)
-            return self.clone_engine.bless(master.name())
-        except (libvirt.libvirtError, api.BlessError) as exc:
-            message = (exc.get_error_message() if isinstance(exc, libvirt.libvirtError)
-                       else str(exc))
-            raise exception.InvalidInput(
+    def _fork_master(self, context: Any, instance: Any, master_uuid: str) -> Any:
+        """nova's record of the server to fork, once the requester may fork
+        it: ``[clone] fork_policy``, the server's project, and this host. A
+        server of another project is refused as if it did not exist."""
+        def refuse(why: str) -> exception.InvalidInput:
+            return exception.InvalidInput(
                 reason=f"{live_image.CLONE_OF}={master_uuid}: cannot fork this server "
-                       f"on host {CONF.host}: {message}") from exc
+                       f"on host {CONF.host}: {why}")
+        policy = CONF.clone.fork_policy
+        if policy == "disabled":
+            raise refuse("forking servers is disabled in this cloud "
+                         "([clone] fork_policy=disabled)")
+        if policy == "admin" and not context.is_admin:
+            raise refuse("only admins may fork servers in this cloud "
+                         "([clone] fork_policy=admin)")
+        try:
+            master = objects.Instance.get_by_uuid(context, master_uuid)
+        except exception.InstanceNotFound:
+            master = None
+        if master is None or (policy == "project"
+                              and master.project_id != instance.project_id):
+            raise refuse(f"project {instance.project_id} has no such server")
+        if master.host != CONF.host:
+            raise refuse(f"it runs on another host (fork on host {master.host})")
+        return master
 
-    def _generation_for(self, instance: Any, generation_id: str,
-                        origin_address: str | None) -> api.Generation:
+    def _generation_for(self, context: Any, instance: Any, generation_id: str,
+                        properties: dict[str, str]) -> api.Generation:
         """The generation from this host's store; one blessed on another host
-        is attached through this host's page service first."""
+        is attached through this host's page service first. Either way it
+        must be bound to the instance's image."""
+        attached = False
         if generation_id not in self.clone_engine.store.generation_ids():
-            if not origin_address:
+            origin_host = properties.get(live_image.ORIGIN_HOST)
+            if not origin_host or origin_host == CONF.host:
                 raise exception.ImageUnacceptable(
                     image_id=instance.image_ref,
                     reason=f"snapshot generation {generation_id} is not on host "
-                           f"{CONF.host} and the live image names no origin page "
-                           f"service ({live_image.ORIGIN_ADDRESS})")
-            self._attach(instance, generation_id, origin_address)
+                           f"{CONF.host} and the live image names no other origin "
+                           f"host ({live_image.ORIGIN_HOST})")
+            self._attach(instance, generation_id,
+                         self._page_service_of(instance, origin_host),
+                         properties.get(live_image.ACCESS_KEY, ""))
+            attached = True
         generation = self.clone_engine.store.load(generation_id)
+        bound_image = generation.bound_to.get(live_image.BOUND_IMAGE)
+        if bound_image != instance.image_ref:
+            if attached:
+                self._release_quietly(generation_id)
+            raise exception.ImageUnacceptable(
+                image_id=instance.image_ref,
+                reason=f"snapshot generation {generation_id} belongs to another live "
+                       "image; only the image made by its bless launches it")
         self._check_matches(instance, generation)
         return generation
 
-    def _attach(self, instance: Any, generation_id: str, origin_address: str) -> None:
-        prefetch = (instance.flavor.extra_specs or {}).get(extra_specs.PREFETCH, "none")
-        client = control.PageServiceClient(control.socket_path(
-            CONF.clone.state_dir, CONF.pageserver.control_socket))
+    def _page_service_of(self, instance: Any, host: str) -> str:
+        """The page service address that ``host`` publishes in nova's record
+        of it (see get_available_resource)."""
+        admin = nova_context.get_admin_context()
         try:
-            reply = client.attach(generation_id, origin_address, prefetch)
+            nodes = objects.ComputeNodeList.get_all_by_host(admin, host)
+        except exception.ComputeHostNotFound:
+            nodes = []
+        addresses = [n.stats.get(STAT_PAGE_SERVICE) for n in nodes
+                     if (n.stats or {}).get(STAT_PAGE_SERVICE)]
+        if not addresses:
+            raise exception.ImageUnacceptable(
+                image_id=instance.image_ref,
+                reason=f"the live image's origin host {host} is not a compute host "
+                       "of this cloud with a page service")
+        return addresses[0]
+
+    def _page_service(self) -> control.PageServiceClient:
+        return control.PageServiceClient(control.socket_path(
+            CONF.clone.state_dir, CONF.pageserver.control_socket))
+
+    def _release_quietly(self, generation_id: str) -> None:
+        try:
+            self._page_service().release(generation_id)
+        except control.PageServiceError as exc:
+            LOG.warning("Could not release generation %s: %s", generation_id, exc)
+
+    def _attach(self, instance: Any, generation_id: str, origin_address: str,
+                key: str) -> None:
+        prefetch = (instance.flavor.extra_specs or {}).get(extra_specs.PREFETCH, "none")
+        try:
+            reply = self._page_service().attach(generation_id, origin_address, key,
+                                                prefetch)
         except control.PageServiceUnavailable as exc:
             # This host's fault: let nova try another one.
             raise exception.ComputeResourcesUnavailable(reason=str(exc)) from exc
@@ -309,9 +406,28 @@ class CloneDriver(libvirt_driver.LibvirtDriver):
     def manage_image_cache(self, context: Any, all_instances: Any) -> None:
         super().manage_image_cache(context, all_instances)
         self._free_generations_of_deleted_images()
+        self._free_unused_forks()
+
+    def _free_unused_forks(self) -> None:
+        """A fork's generation serves the burst that made it: once older
+        than ``fork_reuse_s`` it is freed with its last clone."""
+        for generation in self.clone_engine.generations():
+            if (not generation.bound_to.get(live_image.BOUND_FORK_OF)
+                    or api.age_s(generation.created_at) <= CONF.clone.fork_reuse_s):
+                continue
+            try:
+                self.clone_engine.discard(generation.id)
+            except api.GenerationInUse:
+                continue
+            LOG.info("Freed generation %s of a fork of %s: no clone uses it any more",
+                     generation.id, generation.bound_to[live_image.BOUND_FORK_OF])
 
     def _free_generations_of_deleted_images(self) -> None:
-        live = self._live_images.items()
+        """Glance does not tell nova when an image is deleted: ask it about
+        the live image of each generation blessed here."""
+        live = [(g.id, g.bound_to[live_image.BOUND_IMAGE])
+                for g in self.clone_engine.generations()
+                if not g.origin and live_image.BOUND_IMAGE in g.bound_to]
         if not live:
             return
         # The periodic task's context carries no token, so Glance is asked
@@ -333,8 +449,7 @@ class CloneDriver(libvirt_driver.LibvirtDriver):
                           image_id, exc)
                 continue
             except api.GenerationNotFound:
-                pass
-            self._live_images.forget(generation_id)
+                continue  # freed meanwhile
             LOG.info("Freed generation %s: its live image %s is deleted and no "
                      "clone uses it any more", generation_id, image_id)
 
@@ -363,11 +478,22 @@ class CloneDriver(libvirt_driver.LibvirtDriver):
         return (f"{operation} is not supported for live clones: the clone's "
                 "memory is a private mapping of a snapshot on this host")
 
+    def _refuse_for_clone_or_master(self, instance: Any, operation: str) -> str | None:
+        reason = self._refuse_for_clone(instance, operation)
+        if reason or not os.path.islink(os.path.join(
+                libvirt_utils.get_instance_path(instance), "disk")):
+            return reason
+        # A bless made the disk a symlink to the top of a chain of frozen
+        # layers in the instance folder, which nova would not carry along.
+        return (f"{operation} is not supported for a server that has been blessed "
+                "(a live image or fork was made of it): its disk is a chain of "
+                "frozen layers on this host")
+
     def migrate_disk_and_power_off(self, context: Any, instance: Any, dest: str,
                                    flavor: Any, network_info: Any,
                                    block_device_info: Any = None, timeout: int = 0,
                                    retry_interval: int = 0) -> Any:
-        reason = self._refuse_for_clone(instance, "resize and cold migration")
+        reason = self._refuse_for_clone_or_master(instance, "resize and cold migration")
         if reason:
             raise exception.InstanceFaultRollback(
                 inner_exception=exception.ResizeError(reason=reason))
@@ -378,7 +504,7 @@ class CloneDriver(libvirt_driver.LibvirtDriver):
     def check_can_live_migrate_source(self, context: Any, instance: Any,
                                       dest_check_data: Any,
                                       block_device_info: Any = None) -> Any:
-        reason = self._refuse_for_clone(instance, "live migration")
+        reason = self._refuse_for_clone_or_master(instance, "live migration")
         if reason:
             raise exception.MigrationPreCheckError(reason=reason)
         return super().check_can_live_migrate_source(

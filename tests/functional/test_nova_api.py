@@ -20,10 +20,8 @@ import nova.tests.functional
 import builtins
 import contextlib
 import glob
-import json
 import os
 import re
-import select
 import shutil
 import subprocess
 import sys
@@ -31,7 +29,6 @@ import tempfile
 import time
 import uuid
 import warnings
-import xml.etree.ElementTree as ET
 
 import fixtures
 
@@ -49,6 +46,7 @@ from sqlalchemy import exc as sqla_exc
 from nova_clonedriver import conf  # noqa: F401 (registers [clone] for self.flags)
 from nova_clonedriver.engine import api as engine_api
 from nova_clonedriver.guest import testguest
+from tests import guestconsole
 from tests import waiting
 from tests.functional import base
 
@@ -69,7 +67,9 @@ _REAL = {
 }
 
 
-class TestLiveClonesThroughNovaAPI(integrated_helpers.ProviderUsageBaseTestCase):
+class NovaAPITestCase(integrated_helpers.ProviderUsageBaseTestCase):
+    """nova's in-process cloud with CloneDriver on real libvirt, and the
+    helpers of the tests that drive it through the REST API."""
 
     compute_driver = "clonedriver.CloneDriver"
     microversion = "latest"
@@ -168,12 +168,14 @@ class TestLiveClonesThroughNovaAPI(integrated_helpers.ProviderUsageBaseTestCase)
         with contextlib.suppress(client.OpenStackApiNotFoundException):
             call(*args)
 
-    def _boot(self, name, image_id, flavor_id, count=1):
+    def _boot(self, name, image_id, flavor_id, count=1, api=None, metadata=None):
         body = {"name": name, "imageRef": image_id, "flavorRef": flavor_id,
                 "networks": "none"}
         if count > 1:
             body.update(min_count=count, max_count=count, return_reservation_id=True)
-        return self.api.post_server({"server": body})
+        if metadata:
+            body["metadata"] = metadata
+        return (api or self.api).post_server({"server": body})
 
     def _wait_status(self, server_id, status, timeout_s=180):
         def reached():
@@ -220,45 +222,16 @@ class TestLiveClonesThroughNovaAPI(integrated_helpers.ProviderUsageBaseTestCase)
                                     f"{self._console(server_id)[-2000:]!r}", interval_s=1)
 
     def _console_request(self, server_id, command, timeout_s=30):
-        """Type ``<id> <command>`` on the server's serial console (the pty of
-        the live domain) and read the agent's JSON reply in console.log.
-
-        The pty stays open until the reply is in: QEMU notices a connected
-        pty only by polling (about once a second) and does not read input
-        while nobody has it open. What QEMU writes back is drained and
-        dropped; virtlogd's console.log has it all."""
-        root = ET.fromstring(self.conn.lookupByUUIDString(server_id).XMLDesc(0))
-        pty = root.find("devices/serial/source").get("path")
-        request_id = uuid.uuid4().hex[:8]
-        request = f"{request_id} {command}\n".encode()
-        marker = f'{{"id":"{request_id}",'
-        deadline = time.monotonic() + timeout_s
-        next_send = 0.0
-        fd = os.open(pty, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
-        try:
-            while True:
-                for line in self._console(server_id).splitlines():
-                    if line.startswith(marker):
-                        return json.loads(line)
-                now = time.monotonic()
-                if now > deadline:
-                    raise AssertionError(
-                        f"no reply to {command!r} on the console of {server_id}: "
-                        f"{self._console(server_id)[-1000:]!r}")
-                if now >= next_send:  # again, in case QEMU was not reading yet
-                    os.write(fd, request)
-                    next_send = now + 3
-                # (eventlet's green os.read waits for data instead of raising
-                # EAGAIN: read only what select says is there.)
-                while select.select([fd], [], [], 0)[0]:
-                    os.read(fd, 4096)
-                time.sleep(0.2)
-        finally:
-            os.close(fd)
+        """The agent's reply to ``command``, typed on the server's console."""
+        return guestconsole.request(self.conn.lookupByUUIDString(server_id),
+                                    lambda: self._console(server_id), command, timeout_s)
 
     def _our_domains(self):
         return {d.name() for d in self.conn.listAllDomains()
                 if d.name().startswith(self.prefix)}
+
+
+class TestLiveClonesThroughNovaAPI(NovaAPITestCase):
 
     # -- the test --------------------------------------------------------------
 

@@ -6,7 +6,9 @@ nova's objects stand in for its database and Glance is an in-memory fake
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
+import time
 from unittest import mock
 import uuid
 
@@ -21,6 +23,7 @@ from nova.tests.unit import fake_instance
 from oslo_config import fixture as config_fixture
 
 from nova_clonedriver.conf import CONF
+from nova_clonedriver.engine import api
 from nova_clonedriver.guest import testguest
 from nova_clonedriver.pageserver import localnode
 from nova_clonedriver.pageserver import pki as pki_mod
@@ -195,8 +198,21 @@ class TestCloneDriver(base.LibvirtTestCase):
         self.assertEqual(self.pattern, agent().request("checksum")["checksum"])
         self.assertEqual(clone.name, self.conn.lookupByUUIDString(clone.uuid).name())
 
+    def _nova_records(self, *instances):
+        """nova's database, for Instance.get_by_uuid."""
+        by_uuid = {i.uuid: i for i in instances}
+
+        def get_by_uuid(context, instance_uuid):
+            if instance_uuid not in by_uuid:
+                raise exception.InstanceNotFound(instance_id=instance_uuid)
+            return by_uuid[instance_uuid]
+        self.useFixture(fixtures.MockPatchObject(objects.Instance, "get_by_uuid",
+                                                 side_effect=get_by_uuid))
+
     def test_fork_on_demand_shares_one_bless_per_burst(self):
-        master_uuid = self.conn.lookupByName(self.master.name).UUIDString()
+        self.master.host = "node-a"
+        self._nova_records(self.master)
+        master_uuid = self.master.uuid
         forks = [self._instance(2 + i, 256, {"clone:enabled": "true"}) for i in range(3)]
         for fork in forks:
             fork.metadata = {"clone_of": master_uuid}
@@ -218,11 +234,56 @@ class TestCloneDriver(base.LibvirtTestCase):
         stranger.metadata = {"clone_of": str(uuid.uuid4())}
         self.assertRefused(stranger, exception.InvalidInput,
                            f"clone_of={stranger.metadata['clone_of']}: cannot fork")
+        # Another project's fork of this master; the master on another host.
+        other = self._instance(10, 256, {"clone:enabled": "true"})
+        other.project_id = "another-project"
+        other.metadata = {"clone_of": master_uuid}
+        self.assertRefused(other, exception.InvalidInput,
+                           "project another-project has no such server")
+        probe = self._instance(11, 256, {"clone:enabled": "true"})
+        probe.metadata = {"clone_of": master_uuid}
+        self.master.host = "node-b"
+        self.assertRefused(probe, exception.InvalidInput, "it runs on another host")
+        self.master.host = "node-a"
+        for policy, message in (("disabled", "forking servers is disabled"),
+                                ("admin", "only admins may fork servers")):
+            self.useFixture(config_fixture.Config(CONF)).config(group="clone",
+                                                                fork_policy=policy)
+            self.context.is_admin = False
+            self.assertRefused(probe, exception.InvalidInput, message)
         self.assertEqual(2, len(store.generation_ids()))
 
-    def assertRefused(self, instance, error_class, message):
+        # Two requests in parallel share one bless (once the generations
+        # above are too old to be reused).
+        reuse_s = 5
+        youngest_s = min(api.age_s(store.load(g).created_at) for g in store.generation_ids())
+        time.sleep(max(0.0, reuse_s + 0.5 - youngest_s))
+        self.useFixture(config_fixture.Config(CONF)).config(
+            group="clone", fork_policy="project", fork_reuse_s=reuse_s)
+        self.context.is_admin = True
+        parallel = [self._instance(20 + i, 256, {"clone:enabled": "true"}) for i in range(2)]
+        for fork in parallel:
+            fork.metadata = {"clone_of": master_uuid}
+            self.addCleanup(self.driver.destroy, self.context, fork, [])
+        before = set(store.generation_ids())
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            for future in [pool.submit(self._spawn, fork) for fork in parallel]:
+                future.result()
+        self.assertEqual(1, len(set(store.generation_ids()) - before))
+
+        # Fork generations are freed once unused and older than fork_reuse_s.
+        for fork in [*forks, *parallel]:
+            self.driver.destroy(self.context, fork, [])
+        self.useFixture(config_fixture.Config(CONF)).config(group="clone", fork_reuse_s=0)
+        self.driver.manage_image_cache(self.context, [])
+        self.assertEqual([], store.generation_ids())
+
+    def assertRefused(self, instance, error_class, message, driver=None):
         domains_before = self.domain_names()
-        error = self.assertRaises(error_class, self._spawn, instance)
+        error = self.assertRaises(error_class, (driver or self.driver).spawn, self.context,
+                                  instance, objects.ImageMeta.from_dict({}),
+                                  injected_files=[], admin_password=None, allocations={},
+                                  network_info=[])
         self.assertIn(message, str(error))
         self.assertEqual(domains_before, self.domain_names())
         self.assertFalse(os.path.exists(os.path.join(self.instances_path, instance.uuid)))
@@ -283,7 +344,21 @@ class TestCloneDriver(base.LibvirtTestCase):
         self.driver.destroy(self.context, clone, network_info=[])
         self.driver.manage_image_cache(self.context, [])
         self.assertEqual([kept], store.generation_ids())
-        self.assertEqual([(kept, kept_id)], self.driver._live_images.items())
+
+    def test_a_master_without_a_generation_id_is_refused_with_the_fix(self):
+        old = self._instance(8, 256, {})
+        _, agent = testguest.boot(self.conn, old.name, 256,
+                                  os.path.join(self.state_dir, "old-master"), genid=False)
+        agent.close()
+        image_id = self.images.create(name="x", properties={"clone_live": "true"})
+        error = self.assertRaises(exception.NovaException, self.driver.snapshot,
+                                  self.context, old, image_id, mock.Mock())
+        self.assertIn(f"cannot make a live image of {old.uuid}", str(error))
+        self.assertIn("has no VM generation ID", str(error))
+        self.assertIn("hard reboot it", str(error))
+        self.assertEqual("queued", self.images.get(self.context, image_id)["status"])
+        self.assertEqual([], self.driver.clone_engine.store.generation_ids())
+        self.assertEqual(1, self.conn.lookupByName(old.name).state()[0])
 
     def test_a_failed_live_snapshot_leaves_the_image_unchanged(self):
         image_id = self.images.create(name="x", properties={"clone_live": "true"})
@@ -300,8 +375,6 @@ class TestCloneDriver(base.LibvirtTestCase):
         node_b = localnode.LocalNode("node-b", self.state_dir, pki)
         self.useFixture(config_fixture.Config(CONF)).config(
             group="clone", state_dir=node_a.state_dir)
-        self.useFixture(config_fixture.Config(CONF)).config(
-            group="pageserver", advertise_address=node_a.address)
         for node in (node_a, node_b):
             node.start()
             self.addCleanup(node.stop)
@@ -309,7 +382,23 @@ class TestCloneDriver(base.LibvirtTestCase):
         self.driver._image_api = self.images
         image_id = self._live_image()
         properties = self.images.get(self.context, image_id)["properties"]
-        self.assertEqual(node_a.address, properties["clone_origin_address"])
+        self.assertEqual("node-a", properties["clone_origin_host"])
+        # Host A publishes its page service in nova's record of it (the
+        # resource tracker saves these stats); host B reads it there.
+        with mock.patch.object(driver_mod.libvirt_driver.LibvirtDriver,
+                               "get_available_resource", return_value={}):
+            self.useFixture(config_fixture.Config(CONF)).config(
+                group="pageserver", advertise_address=node_a.address)
+            stats = self.driver.get_available_resource("node-a")["stats"]
+        self.assertEqual({"clone_page_service": node_a.address}, stats)
+        records = {"node-a": [objects.ComputeNode(host="node-a", stats=stats)]}
+
+        def compute_nodes(context, host):
+            if host not in records:
+                raise exception.ComputeHostNotFound(host=host)
+            return records[host]
+        self.useFixture(fixtures.MockPatchObject(
+            objects.ComputeNodeList, "get_all_by_host", side_effect=compute_nodes))
 
         # Host B: its own store and page service, the same Glance.
         self.useFixture(config_fixture.Config(CONF)).config(host="node-b")
@@ -330,6 +419,31 @@ class TestCloneDriver(base.LibvirtTestCase):
         generation = driver_b.clone_engine.store.load(properties["clone_generation"])
         self.assertEqual(node_a.address, generation.origin)
         self.assertGreater(node_b.client.stats()["remote"][generation.id]["bytes_fetched"], 0)
+
+        # What image owners can set decides nothing: a key that is not the
+        # generation's, an origin host that is not a compute host.
+        driver_b.destroy(self.context, clone, [])
+        node_b.client.release(generation.id)
+        wrong_key = self.images.create(name="wrong-key", properties={
+            **properties, "clone_access_key": "0" * 64})
+        self.assertRefused(self._instance(4, 256, {"clone:enabled": "true"}, wrong_key),
+                           exception.ImageUnacceptable, "did not present the access key",
+                           driver_b)
+        elsewhere = self.images.create(name="elsewhere", properties={
+            **properties, "clone_origin_host": "evil.example.org"})
+        self.assertRefused(self._instance(5, 256, {"clone:enabled": "true"}, elsewhere),
+                           exception.ImageUnacceptable,
+                           "origin host evil.example.org is not a compute host", driver_b)
+        # The right key in another image: attached, then refused and released.
+        copied = self.images.create(name="copied", properties=dict(properties))
+        self.assertRefused(self._instance(6, 256, {"clone:enabled": "true"}, copied),
+                           exception.ImageUnacceptable, "belongs to another live image",
+                           driver_b)
+        self.assertNotIn(generation.id, driver_b.clone_engine.store.generation_ids())
+        clone = self._instance(7, 256, {"clone:enabled": "true"}, image_id)
+        driver_b.spawn(self.context, clone, objects.ImageMeta.from_dict({}),
+                       injected_files=[], admin_password=None, allocations={},
+                       network_info=[])
 
         # Host B's page service down: nova is told to try another host.
         driver_b.destroy(self.context, clone, [])
