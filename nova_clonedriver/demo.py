@@ -31,6 +31,7 @@ import libvirt
 
 from nova_clonedriver.engine import api
 from nova_clonedriver.engine import hostmem
+from nova_clonedriver.engine import store as store_mod
 from nova_clonedriver.guest import agent as agent_mod
 from nova_clonedriver.guest import testguest
 from nova_clonedriver.pageserver import control
@@ -63,6 +64,7 @@ def run(conn: libvirt.virConnect, state_dir: str, clones: int = 8,
         baseline: bool = True, remote_clones: int = 2) -> dict[str, Any]:
     """``remote_clones``: how many clones node B launches through the page
     services (0: none, and no page service is started)."""
+    store_mod.make_traversable_dir(state_dir)  # on a new host, nothing made it
     workdir = tempfile.mkdtemp(prefix="demo-", dir=state_dir)
     os.chmod(workdir, 0o711)  # QEMU's user reaches the store through it
     # Node A's store: the demo's snapshot and clones stay out of the state

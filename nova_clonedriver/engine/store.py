@@ -137,16 +137,20 @@ def sha256_file(path: str) -> str:
     return digest.hexdigest()
 
 
+def make_traversable_dir(path: str) -> None:
+    """``path`` and its missing parents, mode 0711: QEMU (an unprivileged
+    user) must reach the files below it, but not list them."""
+    os.makedirs(path, mode=0o711, exist_ok=True)
+    os.chmod(path, 0o711)
+
+
 class SnapshotStore:
     def __init__(self, state_dir: str) -> None:
         self.state_dir = state_dir
         self.generations_dir = os.path.join(state_dir, "generations")
         self.clones_dir = os.path.join(state_dir, "clones")
-        for path in (self.generations_dir, self.clones_dir):
-            os.makedirs(path, exist_ok=True)
-        # QEMU (an unprivileged user) must reach the files below.
         for path in (state_dir, self.generations_dir, self.clones_dir):
-            os.chmod(path, 0o711)
+            make_traversable_dir(path)
 
     def new_generation_dir(self, generation_id: str) -> str:
         """A private directory to build a generation in; see publish(). What

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -205,14 +206,21 @@ class TestLifecycleAndFailures(base.LibvirtTestCase):
         self.assertRaises(api.CloneNotFound, self.engine.destroy_clone, first.name)
 
     def test_cli(self):
-        def nova_clone(*args, check=True):
+        def nova_clone(*args, check=True, state_dir=self.state_dir):
             result = subprocess.run(
                 [os.path.join(os.path.dirname(sys.executable), "nova-clone"),
-                 "--state-dir", self.state_dir, *args],
+                 "--state-dir", state_dir, *args],
                 capture_output=True, text=True)
             if check:
                 self.assertEqual(0, result.returncode, result.stderr)
             return result
+
+        # A state dir that does not exist yet (a new host) is made.
+        fresh = os.path.join(self.state_dir, "fresh", "store")
+        self.assertEqual([], json.loads(nova_clone("list", "-f", "json",
+                                                   state_dir=fresh).stdout))
+        self.assertEqual(0o711, os.stat(fresh).st_mode & 0o777)
+        shutil.rmtree(os.path.dirname(fresh))
 
         blessed = json.loads(nova_clone("bless", self.master.name(), "-f", "json").stdout)
         self.addCleanup(self._discard, blessed["id"])
