@@ -35,9 +35,14 @@ def request(domain: libvirt.virDomain, read_console: Callable[[], str], command:
     fd = os.open(pty, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
     try:
         while True:
-            for output in read_console().splitlines():
-                if output.startswith(marker):
-                    return json.loads(output)
+            # Whole lines only: the reply may be half written, and the
+            # kernel may print into the middle of it (then it is sent again).
+            for output in read_console().split("\n")[:-1]:
+                if output.strip().startswith(marker):
+                    try:
+                        return json.loads(output)
+                    except ValueError:
+                        pass
             now = time.monotonic()
             if now > deadline:
                 raise AssertionError(f"no reply to {command!r} on the console of "

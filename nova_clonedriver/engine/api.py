@@ -21,6 +21,7 @@ LOG = logging.getLogger(__name__)
 
 BlessError = bless_mod.BlessError
 BlessOptions = bless_mod.BlessOptions
+current_top = bless_mod.current_top
 NoGenerationID = bless_mod.NoGenerationID
 LaunchError = launch_mod.LaunchError
 Clone = launch_mod.Clone

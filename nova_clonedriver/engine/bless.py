@@ -21,14 +21,15 @@ dirtied meanwhile. The pause is longer (it carries those pages) but the
 snapshot is exact.
 
 The master's disks: at the pause its current image becomes a frozen base
-(``<disk>.frozen-<id>``, read-only to everyone, hard-linked into the
-generation) and the master writes to a new overlay on it
-(``<disk>.live-<id>``). The path the master's owner knows the disk by
-(``<disk>``, e.g. nova's ``<instance dir>/disk``) becomes a symlink to that
-overlay, so whoever starts the domain again from its own records (a hard
-reboot, stop and start) finds the master's data, never a frozen base. Not
-for raw disks (a raw path cannot name a qcow2 overlay): started again from
-its old records, such a master fails on its read-only frozen base.
+(read-only to everyone, hard-linked into the generation) and the master
+writes to a new qcow2 overlay on it, ``<disk>.live-<id>``, where ``<disk>``
+is the path the master's owner knows the disk by (e.g. nova's ``<instance
+dir>/disk``). Every file keeps its name, so libvirt's record of the running
+domain's backing chain stays true (a save and restore works). The symlink
+``<disk>.top`` names the overlay the master writes to now (current_top):
+whoever starts the domain again from their own records (nova: a hard
+reboot, stop and start) must start it on that, or it meets a read-only
+frozen base.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ _PIPE_BUFFER_BYTES = 1 << 20
 
 
 _LIVE_SUFFIX = re.compile(r"\.live-[0-9a-f]{8}$")
+_TOP_SUFFIX = ".top"
 _FROZEN_MODE = 0o444
 
 
@@ -77,22 +79,25 @@ class NoGenerationID(BlessError):
 
 @dataclasses.dataclass(frozen=True)
 class _DiskLayers:
-    """What a bless does to one of the master's disks."""
+    """What a bless does to one of the master's disks: ``disk.path``, the
+    image it writes to now, becomes the clones' frozen base."""
     disk: domainxml.DiskInfo
-    stable: str  # the path the domain's owner knows the disk by
-    frozen: str  # a new name of the current image: the clones' base
-    overlay: str  # the master's new top, on ``frozen``
-    # Whether ``stable`` is to lead to ``overlay``: not where the owner
-    # knows it as a raw image (a raw path cannot name a qcow2 overlay).
-    repoint: bool
+    overlay: str  # the master's new top, on disk.path
+    top: str  # the symlink that names the master's top
 
     @classmethod
     def plan(cls, disk: domainxml.DiskInfo, generation_id: str) -> _DiskLayers:
         stable = _LIVE_SUFFIX.sub("", disk.path)
-        repoint = (os.path.islink(stable) if stable != disk.path
-                   else disk.format == "qcow2")
-        return cls(disk, stable, f"{stable}.frozen-{generation_id[:8]}",
-                   master_overlay_path(stable, generation_id), repoint)
+        return cls(disk, f"{stable}.live-{generation_id[:8]}", stable + _TOP_SUFFIX)
+
+
+def current_top(path: str) -> str:
+    """The image a master's disk ``path`` (as its owner knows it) writes to
+    now: the overlay of its last bless, or ``path`` if it was never blessed."""
+    top = path + _TOP_SUFFIX
+    if not os.path.islink(top):
+        return path
+    return os.path.join(os.path.dirname(path), os.readlink(top))
 
 
 class _StreamReader(native.thread_class()):  # type: ignore[misc]
@@ -169,7 +174,7 @@ def bless(conn: libvirt.virConnect, store: store_mod.SnapshotStore,
         reader, pause_ms = _migrate(domain, root.get("type", ""), image, device_path,
                                     layers, generation_id, options)
         chunks = image.close()
-        frozen = [_keep_frozen_base(layer, workdir) for layer in layers]
+        frozen = [_keep_frozen_base(disk, workdir) for disk in disks]
         uid, gid = hostinfo.qemu_user_ids(conn)
         chown(image.path, uid, gid)
         generation = store_mod.Generation(
@@ -239,8 +244,7 @@ def _migrate(domain: libvirt.virDomain, domain_type: str,
         _freeze_disks(domain, layers, generation_id)
         disks_switched = True
         for layer in layers:
-            if layer.repoint:
-                _point(layer.stable, layer.overlay)
+            _point(layer.top, layer.overlay)
         frozen_at = time.monotonic()
         qmp.command(domain, "migrate-continue", state="pre-switchover")
         info = _wait_for(domain, ("completed",), deadline)
@@ -262,9 +266,8 @@ def _migrate(domain: libvirt.virDomain, domain_type: str,
         reader.join()
         if not disks_switched:  # the master never wrote to them
             for layer in layers:
-                for path in (layer.overlay, layer.frozen):
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(path)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(layer.overlay)
         raise BlessError(f"bless of {domain.name()} failed: {exc}") from exc
     finally:
         _restore_settings(domain, saved)
@@ -300,13 +303,10 @@ def _wait_until_finalized(domain: libvirt.virDomain, deadline: float) -> None:
 
 
 def _prepare_overlays(layers: list[_DiskLayers]) -> None:
-    """Name the current images as frozen bases and create the master's new
-    overlays on them before the pause, so that while paused libvirt only
-    has to switch to them (REUSE_EXT). The frozen name is a hard link: the
-    master writes to the same file until the switch."""
+    """Create the master's new overlays before the pause, so that while
+    paused libvirt only has to switch to them (REUSE_EXT)."""
     for layer in layers:
-        os.link(os.path.realpath(layer.disk.path), layer.frozen)
-        qemuimg.create_overlay(layer.frozen, layer.disk.format, layer.overlay)
+        qemuimg.create_overlay(layer.disk.path, layer.disk.format, layer.overlay)
 
 
 def _freeze_disks(domain: libvirt.virDomain, layers: list[_DiskLayers],
@@ -326,19 +326,14 @@ def _freeze_disks(domain: libvirt.virDomain, layers: list[_DiskLayers],
         | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_ATOMIC)
 
 
-def master_overlay_path(stable_path: str, generation_id: str) -> str:
-    """Where the master writes after the bless (next to its old image)."""
-    return f"{stable_path}.live-{generation_id[:8]}"
-
-
-def _point(stable: str, overlay: str) -> None:
-    """Make ``stable`` a symlink to ``overlay`` (atomically: it is never
+def _point(link: str, overlay: str) -> None:
+    """Make ``link`` a symlink to ``overlay`` (atomically: it is never
     missing). Relative, so that the folder may move as a whole."""
-    link = f"{stable}.link-tmp"
+    new = f"{link}.new"
     with contextlib.suppress(FileNotFoundError):
-        os.unlink(link)
-    os.symlink(os.path.basename(overlay), link)
-    os.rename(link, stable)
+        os.unlink(new)
+    os.symlink(os.path.basename(overlay), new)
+    os.rename(new, link)
 
 
 def _abort(domain: libvirt.virDomain, fdname: str) -> None:
@@ -387,20 +382,19 @@ def _check_backing(disk: domainxml.DiskInfo, max_layers: int) -> None:
             f"the disk first, e.g. virsh blockpull <domain> {disk.target} --wait)")
 
 
-def _keep_frozen_base(layer: _DiskLayers, workdir: str) -> dict[str, str]:
+def _keep_frozen_base(disk: domainxml.DiskInfo, workdir: str) -> dict[str, str]:
     """Make the frozen image read-only to everyone (a mistake then fails
     instead of changing every clone's disk), and give the generation its
     own name for it, so it outlives the master's files (a hard link; a
     copy across filesystems)."""
-    disk = layer.disk
     relative = os.path.join("disks", f"{disk.target}.{disk.format}")
     base = os.path.join(workdir, relative)
     os.makedirs(os.path.dirname(base), exist_ok=True)
-    os.chmod(layer.frozen, _FROZEN_MODE)
+    os.chmod(disk.path, _FROZEN_MODE)
     try:
-        os.link(layer.frozen, base)
+        os.link(disk.path, base)
     except OSError:
-        shutil.copyfile(layer.frozen, base)
+        shutil.copyfile(disk.path, base)
         os.chmod(base, _FROZEN_MODE)
     return {"target": disk.target, "format": disk.format, "base": relative}
 

@@ -80,15 +80,6 @@ def has_genid(root: ET.Element) -> bool:
     return root.find("genid") is not None
 
 
-def with_genid(xml: str) -> str:
-    """``xml`` with an empty ``<genid/>`` (libvirt then makes one) unless it
-    has one: a string edit, so that the rest of the document stays as its
-    writer made it."""
-    if has_genid(parse(xml)):
-        return xml
-    return xml.replace("</uuid>", "</uuid>\n  <genid/>", 1)
-
-
 def is_clone(root: ET.Element) -> bool:
     """Whether the domain runs from a generation's memory image."""
     return any(f"id={CLONE_RAM_BACKEND_ID}," in (arg.get("value") or "")

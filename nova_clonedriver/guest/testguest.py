@@ -91,9 +91,13 @@ def boot(conn: libvirt.virConnect, name: str, memory_mib: int, workdir: str,
     os.makedirs(workdir, exist_ok=True)
     os.chmod(workdir, 0o711)
     _copy_boot_files(guest_dir or guest_dir_default(), workdir)
-    subprocess.run(["qemu-img", "create", "-q", "-f", disk_format,
-                    os.path.join(workdir, f"disk.{disk_format}"), f"{DISK_SIZE_MIB}M"],
-                   check=True)
+    disk = os.path.join(workdir, f"disk.{disk_format}")
+    # A new file, not the old one rewritten: after a bless it is a clone's
+    # read-only frozen base.
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(disk)
+    subprocess.run(["qemu-img", "create", "-q", "-f", disk_format, disk,
+                    f"{DISK_SIZE_MIB}M"], check=True)
     domain = conn.createXML(domain_xml(name, memory_mib, workdir, disk_format,
                                        genid=genid), 0)
     client = agent_in(workdir)

@@ -28,6 +28,7 @@ import json
 import os
 from typing import Any
 
+from lxml import etree
 from nova import context as nova_context
 from nova import exception
 from nova import objects
@@ -44,7 +45,6 @@ from nova_clonedriver import live_image
 from nova_clonedriver.conf import CONF
 from nova_clonedriver.conf import clone as clone_conf
 from nova_clonedriver.engine import api
-from nova_clonedriver.engine import domainxml
 from nova_clonedriver.engine import hostmem
 from nova_clonedriver.pageserver import control
 from nova_clonedriver.virt import extra_specs
@@ -59,6 +59,23 @@ STAT_PAGE_SERVICE = "clone_page_service"
 def is_clone_flavor(flavor: Any) -> bool:
     # The same reading of booleans as nova's extra-spec validator.
     return strutils.bool_from_string((flavor.extra_specs or {}).get(extra_specs.ENABLED))
+
+
+def guest_xml_for_clones(xml: str) -> str:
+    """nova's domain XML with what cloning needs: a VM generation ID (any
+    server may become a master, and its clones get new ones; nova itself
+    never writes one), and a blessed master's disks on the overlays of its
+    last bless (its images are its clones' read-only frozen bases)."""
+    root = etree.fromstring(xml)
+    if root.find("genid") is None:
+        root.find("uuid").addnext(etree.Element("genid"))
+    for disk in root.iterfind("devices/disk[@type='file']"):
+        source = disk.find("source")
+        path = source.get("file") if source is not None else None
+        if path and api.current_top(path) != path:
+            source.set("file", api.current_top(path))
+            disk.find("driver").set("type", "qcow2")  # every overlay is
+    return etree.tostring(root, encoding="unicode")
 
 
 def _call_or_error(function: Any, *args: Any) -> Any:
@@ -136,9 +153,18 @@ class CloneDriver(libvirt_driver.LibvirtDriver):
             raise exception.NovaException(f"live image of {instance.uuid}: {exc}") from exc
 
     def _get_guest_xml(self, *args: Any, **kwargs: Any) -> str:
-        # Any server may become a master: each gets a VM generation ID, which
-        # its clones change (nova itself never writes one).
-        return domainxml.with_genid(super()._get_guest_xml(*args, **kwargs))
+        return guest_xml_for_clones(super()._get_guest_xml(*args, **kwargs))
+
+    def _create_images_and_backing(self, context: Any, instance: Any, instance_dir: str,
+                                   disk_info: Any, fallback_from_host: Any = None) -> None:
+        # A blessed master's layers are backed by its frozen images in its
+        # own folder, not by nova's image cache: nothing to fetch for them
+        # (nova would download the image under the frozen file's name).
+        disk_info = [info for info in disk_info if not (
+            info.get("backing_file") and
+            os.path.exists(os.path.join(instance_dir, info["backing_file"])))]
+        super()._create_images_and_backing(context, instance, instance_dir, disk_info,
+                                           fallback_from_host)
 
     def get_available_resource(self, nodename: str) -> dict[str, Any]:
         # Where other hosts reach this host's page service, published in
@@ -480,11 +506,11 @@ class CloneDriver(libvirt_driver.LibvirtDriver):
 
     def _refuse_for_clone_or_master(self, instance: Any, operation: str) -> str | None:
         reason = self._refuse_for_clone(instance, operation)
-        if reason or not os.path.islink(os.path.join(
-                libvirt_utils.get_instance_path(instance), "disk")):
+        disk = os.path.join(libvirt_utils.get_instance_path(instance), "disk")
+        if reason or api.current_top(disk) == disk:
             return reason
-        # A bless made the disk a symlink to the top of a chain of frozen
-        # layers in the instance folder, which nova would not carry along.
+        # The disk is a chain of frozen layers in the instance folder,
+        # which nova would not carry along.
         return (f"{operation} is not supported for a server that has been blessed "
                 "(a live image or fork was made of it): its disk is a chain of "
                 "frozen layers on this host")

@@ -68,18 +68,17 @@ class TestBlessAndLaunch(base.LibvirtTestCase):
         info = json.loads(subprocess.run(
             ["qemu-img", "info", "-U", "--output=json", now],
             check=True, capture_output=True, text=True).stdout)
-        # The old image is the new one's backing file under a frozen name,
-        # read-only to everyone, and the generation's base is the same file.
+        # The old image is the new one's backing file, read-only to everyone,
+        # and the generation's base is the same file.
         frozen = info["backing-filename"]
-        self.assertEqual(f"{self.master_disk_before}.frozen-{self.generation.id[:8]}",
-                         frozen)
+        self.assertEqual(self.master_disk_before, frozen)
         [disk] = self.generation.disks
         self.assertEqual(os.stat(frozen).st_ino,
                          os.stat(self.generation.disk_base(disk)).st_ino)
         self.assertEqual(0o444, stat.S_IMODE(os.stat(frozen).st_mode))
-        # The path the master was defined with now leads to what it writes.
-        self.assertEqual(os.path.basename(now), os.readlink(self.master_disk_before))
-        self.assertEqual(os.stat(now).st_ino, os.stat(self.master_disk_before).st_ino)
+        # <disk>.top names what the master writes to now.
+        self.assertEqual(os.path.basename(now), os.readlink(f"{frozen}.top"))
+        self.assertEqual(now, api.current_top(self.master_disk_before))
         # QEMU's user cannot write to the frozen base.
         writer = subprocess.run(["runuser", "-u", "nobody", "--", "dd", "if=/dev/zero",
                                  f"of={frozen}", "bs=512", "count=1", "conv=notrunc"],

@@ -154,14 +154,18 @@ class TestLifecycleAndFailures(base.LibvirtTestCase):
         chain = [os.path.basename(layer["filename"]) for layer in json.loads(subprocess.run(
             ["qemu-img", "info", "-U", "--backing-chain", "--output=json", top],
             check=True, capture_output=True, text=True).stdout)]
-        self.assertEqual([f"disk.raw.live-{second.id[:8]}", f"disk.raw.frozen-{second.id[:8]}",
-                          f"disk.raw.frozen-{first.id[:8]}"], chain[:3])
-        # The raw image's own path stays a raw file (a raw path never names
-        # a qcow2 overlay): the frozen base of the first bless.
-        raw = os.path.join(master_dir, "disk.raw")
-        self.assertFalse(os.path.islink(raw))
-        self.assertEqual(os.stat(raw).st_ino, os.stat(os.path.join(
-            master_dir, f"disk.raw.frozen-{self.raw_generation.id[:8]}")).st_ino)
+        self.assertEqual([f"disk.raw.live-{second.id[:8]}", f"disk.raw.live-{first.id[:8]}"],
+                         chain[:2])
+        self.assertEqual(top, api.current_top(os.path.join(master_dir, "disk.raw")))
+        # Every file keeps its name: libvirt's record of the chain stays
+        # true, so a save and restore of the master works (the eager
+        # baseline of the demo and the benchmarks does one).
+        saved = os.path.join(self.state_dir, "master.save")
+        self.master.save(saved)
+        self.conn.restoreFlags(saved, None, 0)
+        os.unlink(saved)
+        type(self).master = self.conn.lookupByName(self.master.name())
+        self.assertEqual(top, base.disk_path(self.master))
         # At the limit: refused, and nothing changes.
         files_before = sorted(os.listdir(master_dir))
         generations_before = os.listdir(self.engine.store.generations_dir)

@@ -202,6 +202,18 @@ class TestTwoProjects(test_nova_api.NovaAPITestCase):
             back_to_active()
         write_then(stop_start, 103, {"os-stop": None})
 
+        def suspend_resume():
+            # A managed save: the guest's memory survives, heartbeat and all.
+            self._wait_status(master["id"], "SUSPENDED")
+            beats = len(self._heartbeats(master["id"]))
+            self.api.post_server_action(master["id"], {"resume": None})
+            back_to_active()
+            waiting.wait(lambda: len(self._heartbeats(master["id"])) > beats, 60,
+                         "the master's heartbeat after its resume")
+            self.assertEqual(pattern, self._console_request(master["id"], "checksum")["checksum"])
+        pattern = self._console_request(master["id"], "checksum")["checksum"]
+        write_then(suspend_resume, 108, {"suspend": None})
+
         def snapshot():
             # An ordinary image of the master: nova's own snapshot path.
             image_id = self.api.post_server_action(

@@ -58,17 +58,6 @@ class TestMasterFacts(testtools.TestCase):
         self.assertEqual(2, domainxml.vcpus(root))
         self.assertTrue(domainxml.has_genid(root))
 
-    def test_with_genid_adds_one_only_where_there_is_none(self):
-        self.assertEqual(MASTER, domainxml.with_genid(MASTER))
-        without = MASTER.replace(
-            "  <genid>22222222-2222-2222-2222-222222222222</genid>\n", "")
-        self.assertFalse(domainxml.has_genid(domainxml.parse(without)))
-        added = domainxml.with_genid(without)
-        root = domainxml.parse(added)
-        self.assertTrue(domainxml.has_genid(root))
-        self.assertEqual("", root.findtext("genid"))  # libvirt makes the id
-        self.assertEqual(without.replace("</uuid>", "</uuid>\n  <genid/>"), added)
-
     def test_a_clone_is_told_from_a_master(self):
         self.assertFalse(domainxml.is_clone(domainxml.parse(MASTER)))
         clone = domainxml.clone_xml(MASTER, IDENTITY, "/store/g/memory.img", 256 << 20)

@@ -40,9 +40,6 @@ class FakeGlance:
         return self.images[image_id]
 
 
-NOW = datetime.datetime.now(datetime.timezone.utc).isoformat()
-
-
 def generation(generation_id, bound_to, origin="", created_at="2026-11-27T00:00:00+00:00"):
     return mock.Mock(spec=api.Generation, id=generation_id, bound_to=bound_to,
                      origin=origin, created_at=created_at)
@@ -63,7 +60,8 @@ class TestFreeGenerationsOfDeletedImages(testtools.TestCase):
         self.engine.generations.return_value = [
             generation("gen-gone", {"image": GONE}), generation("gen-live", {"image": LIVE}),
             generation("gen-remote", {"image": GONE}, origin="node-a:8797"),
-            generation("gen-fork", {"fork_of": "server"}, created_at=NOW)]
+            generation("gen-fork", {"fork_of": "server"}, created_at=datetime.datetime.now(
+                datetime.timezone.utc).isoformat())]
         self.glance = self.driver._image_api = FakeGlance()
         self.service_context = nova_context.RequestContext(
             user_id="nova", project_id="service",
