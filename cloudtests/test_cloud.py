@@ -32,12 +32,15 @@ HEARTBEAT = re.compile(r"clone-agent hb=(\d+)")
 PREFIX = f"e2e{os.getpid()}"
 
 
-def openstack(*args: str, parse: bool = True, timeout: float = 600):
-    """Run the openstack CLI; JSON output parsed unless parse is False."""
+def openstack(*args: str, parse: bool = True, timeout: float = 600,
+              credentials: dict[str, str] | None = None):
+    """Run the openstack CLI; JSON output parsed unless parse is False.
+    ``credentials``: OS_* variables of another user than the admin's."""
     cmd = ["openstack", *args]
     if parse:
         cmd += ["-f", "json"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(credentials or {})})
     if proc.returncode:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}): "
                              f"{proc.stderr.strip()[-2000:]}")

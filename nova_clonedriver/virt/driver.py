@@ -72,8 +72,9 @@ def guest_xml_for_clones(xml: str) -> str:
     for disk in root.iterfind("devices/disk[@type='file']"):
         source = disk.find("source")
         path = source.get("file") if source is not None else None
-        if path and api.current_top(path) != path:
-            source.set("file", api.current_top(path))
+        top = api.current_top(path) if path else path
+        if top != path:
+            source.set("file", top)
             disk.find("driver").set("type", "qcow2")  # every overlay is
     return etree.tostring(root, encoding="unicode")
 
