@@ -26,7 +26,6 @@ import pbr.version
 
 from nova_clonedriver import conf
 from nova_clonedriver.cmd import progress as progress_mod
-from nova_clonedriver.conf import clone as clone_conf
 from nova_clonedriver.engine import api
 from nova_clonedriver.pageserver import control
 
@@ -224,7 +223,7 @@ class CloneApp(app.App):
     def engine(self) -> api.CloneEngine:
         return api.CloneEngine(
             self.connection(), CONF.clone.state_dir,
-            bless_options=clone_conf.bless_options(CONF),
+            bless_options=api.BlessOptions.from_group(CONF.clone),
             launch_parallelism=CONF.clone.launch_parallelism)
 
     def fail(self, message: str) -> int:

@@ -2,8 +2,6 @@
 
 from oslo_config import cfg
 
-from nova_clonedriver.engine import api
-
 GROUP = cfg.OptGroup(
     "clone", title="Live clones",
     help="Options of nova-clonedriver: where snapshot generations live and "
@@ -64,13 +62,6 @@ OPTS = [
                     "than the host could hold if all diverged; this floor "
                     "keeps the host out of swap and the OOM killer."),
 ]
-
-
-def bless_options(conf: cfg.ConfigOpts) -> api.BlessOptions:
-    """The engine's bless settings from the [clone] group."""
-    return api.BlessOptions(downtime_limit_ms=conf.clone.bless_downtime_limit_ms,
-                            timeout_s=conf.clone.bless_timeout_s,
-                            max_disk_layers=conf.clone.max_disk_layers)
 
 
 def register_opts(conf: cfg.ConfigOpts) -> None:

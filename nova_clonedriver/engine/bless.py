@@ -44,6 +44,7 @@ import re
 import secrets
 import shutil
 import time
+from typing import Any
 from typing import BinaryIO
 import uuid
 
@@ -127,6 +128,13 @@ class BlessOptions:
     timeout_s: float = 300.0
     max_disk_layers: int = 16  # a disk's backing chain, its top included
     require_genid: bool = False
+
+    @classmethod
+    def from_group(cls, group: Any, **overrides: Any) -> BlessOptions:
+        """From the ``[clone]`` options (``CONF.clone``) of nova-clone or nova."""
+        return cls(downtime_limit_ms=group.bless_downtime_limit_ms,
+                   timeout_s=group.bless_timeout_s,
+                   max_disk_layers=group.max_disk_layers, **overrides)
 
 
 def bless(conn: libvirt.virConnect, store: store_mod.SnapshotStore,

@@ -22,7 +22,6 @@ See doc/source/security.rst.
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import os
@@ -43,7 +42,6 @@ from oslo_utils import strutils
 
 from nova_clonedriver import live_image
 from nova_clonedriver.conf import CONF
-from nova_clonedriver.conf import clone as clone_conf
 from nova_clonedriver.engine import api
 from nova_clonedriver.engine import hostmem
 from nova_clonedriver.pageserver import control
@@ -102,8 +100,7 @@ class CloneDriver(libvirt_driver.LibvirtDriver):
         if self._engine is None:
             self._engine = api.CloneEngine(
                 self._host.get_connection(), CONF.clone.state_dir,
-                bless_options=dataclasses.replace(clone_conf.bless_options(CONF),
-                                                  require_genid=True),
+                bless_options=api.BlessOptions.from_group(CONF.clone, require_genid=True),
                 launch_parallelism=CONF.clone.launch_parallelism,
                 # nova-compute runs as an unprivileged user in real clouds.
                 chown=nova_privsep_path.chown)
