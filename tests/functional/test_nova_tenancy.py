@@ -214,6 +214,17 @@ class TestTwoProjects(test_nova_api.NovaAPITestCase):
         pattern = self._console_request(master["id"], "checksum")["checksum"]
         write_then(suspend_resume, 108, {"suspend": None})
 
+        def host_reboot():
+            # As if the host rebooted: the domain is off, and nova-compute,
+            # started again, resumes its guests from nova's records.
+            self.conn.lookupByUUIDString(master["id"]).destroy()
+            self.flags(resume_guests_state_on_host_boot=True)
+            self.compute = self.restart_compute_service(self.compute)
+            back_to_active()
+            waiting.wait(lambda: self.conn.lookupByUUIDString(master["id"]).isActive(), 120,
+                         "the master running again")
+        write_then(host_reboot, 109)
+
         def snapshot():
             # An ordinary image of the master: nova's own snapshot path.
             image_id = self.api.post_server_action(
