@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import hmac
 import json
 import os
 import shutil
@@ -72,6 +73,12 @@ class Generation:
     @property
     def device_stream(self) -> str:
         return os.path.join(self.directory, DEVICE_STREAM_FILE)
+
+    def admits(self, key: str) -> bool:
+        """Whether ``key`` is this generation's access key (compared in
+        constant time; a generation without one admits nobody)."""
+        return bool(self.access_key) and hmac.compare_digest(key.encode(),
+                                                             self.access_key.encode())
 
     def disk_base(self, disk: dict[str, str]) -> str:
         return os.path.join(self.directory, disk["base"])

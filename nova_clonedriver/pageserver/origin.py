@@ -5,7 +5,8 @@ bless, which only those who may launch its clones learn: a valid
 certificate of the deployment alone gets nothing), which records a peer
 reference in the store (so the generation cannot be discarded under its
 clones, and an operator sees which node holds clones of it); only then does
-it get chunks of it. Each connection is served in order, so a peer may pipeline requests.
+it get chunks of it. Each connection is served in order, so a peer may
+pipeline requests.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
-import hmac
 import json
 import logging
 import os
@@ -58,8 +58,7 @@ class OriginStore:
         generation = self._generation(generation_id)
         if not isinstance(key, str):
             raise protocol.ProtocolError("OPEN needs the generation's access key")
-        if not generation.access_key or not hmac.compare_digest(
-                key.encode(), generation.access_key.encode()):
+        if not generation.admits(key):
             raise transport.Refused(f"{node} did not present the access key of "
                                     f"generation {generation.id}")
         if (not isinstance(clones, list) or len(clones) > MAX_CLONES_PER_PEER

@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import hmac
 import logging
 import os
 import shutil
@@ -309,7 +308,7 @@ class RemoteGenerations:
                 if generation.origin != origin:
                     raise AttachError(f"generation {generation_id} is already here, "
                                       f"from {generation.origin}, not {origin}")
-                if not hmac.compare_digest(key.encode(), generation.access_key.encode()):
+                if not generation.admits(key):
                     raise AttachError(f"that is not the access key of generation "
                                       f"{generation_id}")
             else:

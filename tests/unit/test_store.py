@@ -101,3 +101,21 @@ class TestSnapshotStore(testtools.TestCase):
         self.store.remove_generation(generation)
         self.assertFalse(os.path.exists(generation.directory))
         self.assertEqual([], os.listdir(self.store.generations_dir))
+
+
+class TestAccessKey(testtools.TestCase):
+    def setUp(self):
+        super().setUp()
+        self.store = store_mod.SnapshotStore(self.useFixture(fixtures.TempDir()).path)
+
+    def test_only_the_key_admits_and_the_record_is_roots_alone(self):
+        generation = make_generation(self.store)
+        generation.access_key = "9f" * 32
+        self.assertTrue(generation.admits("9f" * 32))
+        for wrong in ("", "9f" * 31, "9F" * 32, "9f" * 32 + "0"):
+            self.assertFalse(generation.admits(wrong), wrong)
+        # Blessed before keys existed: nobody, not even with an empty key.
+        self.assertFalse(make_generation(self.store, "cd34" * 8).admits(""))
+        record = os.path.join(self.store.generations_dir, generation.id,
+                              store_mod.GENERATION_FILE)
+        self.assertEqual(0o600, os.stat(record).st_mode & 0o777)
