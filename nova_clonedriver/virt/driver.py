@@ -429,13 +429,14 @@ class CloneDriver(libvirt_driver.LibvirtDriver):
 
     def manage_image_cache(self, context: Any, all_instances: Any) -> None:
         super().manage_image_cache(context, all_instances)
-        self._free_generations_of_deleted_images()
-        self._free_unused_forks()
+        generations = self.clone_engine.generations()  # one read of the store
+        self._free_generations_of_deleted_images(generations)
+        self._free_unused_forks(generations)
 
-    def _free_unused_forks(self) -> None:
+    def _free_unused_forks(self, generations: list[api.Generation]) -> None:
         """A fork's generation serves the burst that made it: once older
         than ``fork_reuse_s`` it is freed with its last clone."""
-        for generation in self.clone_engine.generations():
+        for generation in generations:
             if (not generation.bound_to.get(live_image.BOUND_FORK_OF)
                     or api.age_s(generation.created_at) <= CONF.clone.fork_reuse_s):
                 continue
@@ -446,11 +447,12 @@ class CloneDriver(libvirt_driver.LibvirtDriver):
             LOG.info("Freed generation %s of a fork of %s: no clone uses it any more",
                      generation.id, generation.bound_to[live_image.BOUND_FORK_OF])
 
-    def _free_generations_of_deleted_images(self) -> None:
+    def _free_generations_of_deleted_images(self,
+                                            generations: list[api.Generation]) -> None:
         """Glance does not tell nova when an image is deleted: ask it about
         the live image of each generation blessed here."""
         live = [(g.id, g.bound_to[live_image.BOUND_IMAGE])
-                for g in self.clone_engine.generations()
+                for g in generations
                 if not g.origin and live_image.BOUND_IMAGE in g.bound_to]
         if not live:
             return
