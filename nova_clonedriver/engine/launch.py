@@ -35,6 +35,8 @@ LOG = logging.getLogger(__name__)
 
 VERIFIED_FILE = "verified.json"
 RESTORE_FILE = "restore.save"  # the save image a clone is restored from
+# An empty overlay on a generation disk, copied for each clone's disk.
+OVERLAY_TEMPLATE = "clone-overlay-{target}.qcow2"
 
 
 class LaunchError(RuntimeError):
@@ -70,6 +72,8 @@ class Clone:
     mac_addresses: list[str]
     restore_ms: float  # launch call to the clone's guest running
     ready_ms: float  # ... and to its new NICs plugged (old ones leave when the guest acks)
+    # Where ready_ms went: overlays, save_image, libvirt_restore, nic_swap.
+    phases_ms: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 def launch(conn: libvirt.virConnect, store: store_mod.SnapshotStore,
@@ -180,8 +184,7 @@ def _launch_one(conn: libvirt.virConnect, store: store_mod.SnapshotStore,
         os.makedirs(directory, exist_ok=True)  # nova makes the instance folder first
         os.chmod(directory, 0o711)
         for disk in generation.disks:
-            qemuimg.create_overlay(generation.disk_base(disk), disk["format"],
-                                   identity.overlays[disk["target"]])
+            _copy_overlay_template(generation, disk, identity.overlays[disk["target"]])
         overlays_at = time.monotonic()
         xml = domainxml.clone_xml(generation.domain_xml, identity,
                                   generation.memory_image, generation.memory_bytes)
@@ -198,10 +201,12 @@ def _launch_one(conn: libvirt.virConnect, store: store_mod.SnapshotStore,
         restored_at = time.monotonic()
         restore_ms = (restored_at - started) * 1000
         ref.mac_addresses = _swap_nics(domain, spec.interfaces)
-        LOG.debug("Start of clone %s: overlays %.0f ms, save image %.0f ms, libvirt "
-                  "restore %.0f ms, NIC swap %.0f ms", identity.name,
-                  (overlays_at - started) * 1000, (saved_at - overlays_at) * 1000,
-                  (restored_at - saved_at) * 1000, (time.monotonic() - restored_at) * 1000)
+        phases_ms = {name: round((end - begin) * 1000, 1) for name, begin, end in [
+            ("overlays", started, overlays_at), ("save_image", overlays_at, saved_at),
+            ("libvirt_restore", saved_at, restored_at),
+            ("nic_swap", restored_at, time.monotonic())]}
+        LOG.debug("Start of clone %s: %s", identity.name,
+                  ", ".join(f"{name} {ms:.0f} ms" for name, ms in phases_ms.items()))
         ref.started = True
         store.add_reference(generation, ref)
     except Exception as exc:
@@ -213,10 +218,31 @@ def _launch_one(conn: libvirt.virConnect, store: store_mod.SnapshotStore,
         raise LaunchError(f"clone {identity.name}: {message}") from exc
     clone = Clone(name=identity.name, uuid=clone_uuid, generation=generation.id,
                   mac_addresses=ref.mac_addresses, restore_ms=round(restore_ms, 1),
-                  ready_ms=round((time.monotonic() - started) * 1000, 1))
+                  ready_ms=round((time.monotonic() - started) * 1000, 1),
+                  phases_ms=phases_ms)
     LOG.info("Clone %s of %s running after %.0f ms, ready after %.0f ms",
              clone.name, generation.id, clone.restore_ms, clone.ready_ms)
     return clone
+
+
+def _copy_overlay_template(generation: store_mod.Generation, disk: dict[str, str],
+                           overlay: str) -> None:
+    """A clone's disk: a copy of an empty overlay on the generation's frozen
+    disk, made by qemu-img once per generation and host. An empty qcow2
+    overlay holds nothing of its own, so every clone's starts alike, and a
+    copy of its few KiB costs a clone no qemu-img run (8-17 ms and a process
+    each, measured here)."""
+    template = os.path.join(generation.directory,
+                            OVERLAY_TEMPLATE.format(target=disk["target"]))
+    if not os.path.exists(template):
+        partial = f"{template}.{uuid.uuid4().hex[:8]}.partial"
+        try:
+            qemuimg.create_overlay(generation.disk_base(disk), disk["format"], partial)
+            os.replace(partial, template)  # parallel launches: the last one wins
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(partial)
+    shutil.copyfile(template, overlay)
 
 
 def remove_clone_files(ref: store_mod.CloneReference) -> None:

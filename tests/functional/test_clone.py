@@ -101,8 +101,12 @@ class TestBlessAndLaunch(base.LibvirtTestCase):
     # -- launch ------------------------------------------------------------
 
     def test_clones_are_ordinary_domains_with_their_own_identity(self):
-        names, uuids, macs, genids = set(), set(), set(), set()
+        names, uuids, macs, genids, overlay_inodes = set(), set(), set(), set(), set()
         for clone in self.clones:
+            self.assertEqual(["overlays", "save_image", "libvirt_restore", "nic_swap"],
+                             list(clone.phases_ms))
+            self.assertGreater(clone.phases_ms["libvirt_restore"], 0)
+            self.assertLessEqual(sum(clone.phases_ms.values()), clone.ready_ms + 0.5)
             domain = self.conn.lookupByUUIDString(clone.uuid)
             self.assertEqual(1, domain.state()[0])
             root = ET.fromstring(domain.XMLDesc(0))
@@ -118,6 +122,8 @@ class TestBlessAndLaunch(base.LibvirtTestCase):
                 check=True, capture_output=True, text=True).stdout)
             self.assertEqual(self.generation.disk_base(self.generation.disks[0]),
                              info["backing-filename"])
+            overlay_inodes.add(os.stat(overlay).st_ino)  # a copy each, not a link
+        self.assertEqual(CLONES, len(overlay_inodes))
         master_root = ET.fromstring(self.master.XMLDesc(0))
         self.assertEqual(CLONES, len(names))
         self.assertEqual(CLONES, len(uuids))

@@ -49,6 +49,7 @@
 #define MAX_NICS 16
 #define REPLY_TRIES 20
 #define REPLY_WAIT_MS 100
+#define HUP_RECHECK_MS 100
 
 static uint64_t heartbeat;
 static uint64_t *pattern;
@@ -422,6 +423,7 @@ int main(void)
     struct channel console = {.fd = STDIN_FILENO};
     struct channel port = {.fd = -1};
     double next_beat = now_ms();
+    int port_hung_up = 0;
 
     signal(SIGPIPE, SIG_IGN);
     setvbuf(stdout, NULL, _IOLBF, 0);
@@ -439,18 +441,25 @@ int main(void)
             if (port.fd < 0)
                 port.fd = open_agent_port();
         }
+        /* A port without a host is "readable" (read returns 0) and hung up
+         * until a host connects, which poll cannot wait for: leave it out
+         * and look again every HUP_RECHECK_MS. Polling it would spin the
+         * vCPU (a clone's port has no host until someone connects). */
         struct pollfd fds[2] = {{.fd = console.fd, .events = POLLIN},
-                                {.fd = port.fd, .events = POLLIN}};
+                                {.fd = port_hung_up ? -1 : port.fd, .events = POLLIN}};
         int wait_ms = (int)(next_beat - now) + 1;
-        if (wait_ms > 100)
-            wait_ms = 100; /* a port without a host only says HUP: re-check */
+        if (port_hung_up) {
+            if (wait_ms > HUP_RECHECK_MS)
+                wait_ms = HUP_RECHECK_MS;
+            port_hung_up = 0; /* look again after this wait */
+        }
         if (poll(fds, 2, wait_ms) < 0)
             continue;
         if (fds[0].revents & POLLIN)
             pump(&console);
-        if (fds[1].revents & POLLIN)
-            pump(&port);
-        else if (fds[1].revents & POLLHUP)
-            usleep(wait_ms * 1000);
+        if (fds[1].revents & POLLHUP)
+            port_hung_up = 1;
+        else if (fds[1].revents & POLLIN && pump(&port) < 0)
+            port_hung_up = 1;
     }
 }
