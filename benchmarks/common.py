@@ -48,6 +48,24 @@ def machine() -> dict[str, Any]:
             "kernel": platform.release()}
 
 
+def domain_pid(name: str) -> int:
+    """The QEMU process of a running libvirt domain."""
+    with open(f"/run/libvirt/qemu/{name}.pid") as f:
+        return int(f.read())
+
+
+def libvirtd_pid() -> int:
+    return int(subprocess.run(["pgrep", "-o", "-x", "libvirtd"], check=True,
+                              capture_output=True, text=True).stdout)
+
+
+def cpu_ms(pid: int) -> float:
+    """User and system CPU time a process (all its threads) has used."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
+
+
 @dataclasses.dataclass
 class Master:
     domain: libvirt.virDomain

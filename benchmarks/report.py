@@ -40,16 +40,32 @@ def table(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
                 for label, key in (("clone (launch to agent answer)", "clone_to_agent_ms"),
                                    ("eager restore of a full save", "eager_restore_to_agent_ms"),
                                    ("cold boot", "cold_boot_to_agent_ms"))]
-        rows.append(["clone (launch to running)", _spread(data["clone_running_ms"]), ""])
+        rows.append(["clone (launch to running)", _spread(data["clone_running_ms"]), "1.00"])
+        if "eager_restore_running_ms" in data:  # recorded since 2026-12-02
+            running = data["clone_running_ms"]["median"]
+            rows.append(["eager restore (to running)", _spread(data["eager_restore_running_ms"]),
+                         f"{data['eager_restore_running_ms']['median'] / running:.2f}"])
+            rows.append(["clone start phases: " + " / ".join(data["clone_phases_ms"]),
+                         " / ".join(f"{v:.0f}" for v in data["clone_phases_ms"].values()), ""])
+            cpu = data["clone_cpu"]
+            rows.append(["host CPU ms of one clone: libvirtd / QEMU until running / "
+                         f"its first {cpu['settle_s']:.0f} s running",
+                         f"{cpu['libvirtd_ms']} / {cpu['qemu_to_running_ms']} / "
+                         f"{cpu['guest_settle_ms']}", ""])
+            rows.append(["host CPU % of an idle clone", f"{cpu['idle_percent']}", ""])
         return ["method", "ms: median (min-max)", "x clone"], rows
     if kind == "burst":
-        header = ["N", "guest MiB", "clones all ready ms", "clones host MiB (idle / all read)",
+        header = ["N", "guest MiB", "clones all running ms (x N=1)", "clones all ready ms",
+                  "clones host MiB (idle / all read)",
                   "eager all ready ms", "eager host MiB", "eager+KSM host MiB",
                   "KSM converge s / ksmd CPU s", "oversubscription clones (all read)"]
         rows = []
+        one = next((r["clone_all_running_ms"] for r in data["rows"] if r["count"] == 1), None)
         for row in data["rows"]:
+            running = f"{row['clone_all_running_ms']:.0f}"
             rows.append([
                 str(row["count"]), str(row["guest_memory_mib"]),
+                f"{running} ({row['clone_all_running_ms'] / one:.1f}x)" if one else running,
                 f"{row['clone_all_ready_ms']:.0f}",
                 f"{row['clone_host_mib_idle']:.0f} / {row['clone_host_mib_after_read']:.0f}",
                 f"{row['eager_all_ready_ms']:.0f}", f"{row['eager_host_mib']:.0f}",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import os
+import statistics
 import time
 from typing import Any
 
@@ -23,7 +24,8 @@ def start_latency(memory_mib: int, repeat: int) -> dict[str, Any]:
         generation = bench.engine.bless(master.domain.name())
         eager = common.EagerCopies(bench, master)
         [(eager_name, eager_path)] = eager.prepare(1)
-        clone_ms, clone_running_ms, eager_ms, cold_ms = [], [], [], []
+        clone_ms, clone_running_ms, eager_ms, eager_running_ms, cold_ms = [], [], [], [], []
+        phases: dict[str, list[float]] = {}
         for round_number in range(repeat):
             started = time.monotonic()
             [clone] = bench.engine.launch(generation.id, 1)
@@ -31,11 +33,13 @@ def start_latency(memory_mib: int, repeat: int) -> dict[str, Any]:
             client.wait_ready()
             clone_ms.append((time.monotonic() - started) * 1000)
             clone_running_ms.append(clone.restore_ms)
+            for phase, ms in clone.phases_ms.items():
+                phases.setdefault(phase, []).append(ms)
             client.close()
             bench.engine.destroy_clone(clone.uuid)
 
             started = time.monotonic()
-            eager.restore(eager_path)
+            eager_running_ms.append(eager.restore(eager_path))
             client = eager.agent(eager_path)
             client.wait_ready()
             eager_ms.append((time.monotonic() - started) * 1000)
@@ -47,7 +51,11 @@ def start_latency(memory_mib: int, repeat: int) -> dict[str, Any]:
         return {
             "clone_to_agent_ms": clone,
             "clone_running_ms": common.summary(clone_running_ms),
+            "clone_phases_ms": {phase: round(statistics.median(values), 1)
+                                for phase, values in phases.items()},
+            "clone_cpu": _clone_cpu(bench, generation.id),
             "eager_restore_to_agent_ms": eager_s,
+            "eager_restore_running_ms": common.summary(eager_running_ms),
             "cold_boot_to_agent_ms": cold,
             "eager_over_clone": round(eager_s["median"] / clone["median"], 2),
             "cold_over_clone": round(cold["median"] / clone["median"], 2),
@@ -56,6 +64,27 @@ def start_latency(memory_mib: int, repeat: int) -> dict[str, Any]:
         }
     finally:
         bench.close()
+
+
+def _clone_cpu(bench: common.Bench, generation_id: str,
+               settle_s: float = 5.0, idle_s: float = 10.0) -> dict[str, float]:
+    """Host CPU one clone's start costs (libvirtd's and QEMU's until it runs),
+    what its guest takes in its first seconds (under TCG every code path is
+    translated anew), and what it costs once idle: what bounds a burst."""
+    libvirtd = common.libvirtd_pid()
+    libvirtd_before = common.cpu_ms(libvirtd)
+    [clone] = bench.engine.launch(generation_id, 1)
+    libvirtd_ms = common.cpu_ms(libvirtd) - libvirtd_before
+    qemu = common.domain_pid(clone.name)
+    at_running_ms = common.cpu_ms(qemu)
+    time.sleep(settle_s)
+    settled_ms = common.cpu_ms(qemu)
+    time.sleep(idle_s)
+    idle_ms = common.cpu_ms(qemu) - settled_ms
+    bench.engine.destroy_clone(clone.uuid)
+    return {"libvirtd_ms": round(libvirtd_ms), "qemu_to_running_ms": round(at_running_ms),
+            "settle_s": settle_s, "guest_settle_ms": round(settled_ms - at_running_ms),
+            "idle_percent": round(idle_ms / idle_s / 10, 1)}
 
 
 def burst_density(memory_mib: int, counts: list[int], with_ksm: bool) -> dict[str, Any]:

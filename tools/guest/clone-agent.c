@@ -457,9 +457,13 @@ int main(void)
             continue;
         if (fds[0].revents & POLLIN)
             pump(&console);
-        if (fds[1].revents & POLLHUP)
+        /* What a host wrote before it went is still read: hung up is only
+         * a port that reads nothing. */
+        if (fds[1].revents & POLLIN) {
+            if (pump(&port) < 0)
+                port_hung_up = 1;
+        } else if (fds[1].revents & POLLHUP) {
             port_hung_up = 1;
-        else if (fds[1].revents & POLLIN && pump(&port) < 0)
-            port_hung_up = 1;
+        }
     }
 }
