@@ -182,7 +182,8 @@ class Launch(_Base, lister.Lister):
     addresses and disk overlay; its memory is shared with the snapshot until
     it writes it. Clones start in parallel (up to [clone]
     launch_parallelism at once). Shows one row per clone: restore_ms is the
-    time until it ran, ready_ms until its own NICs were plugged.
+    time until it ran, ready_ms until its own NICs were plugged, phases_ms
+    where that time went.
 
     If some clones fail to start, those that did are shown and still run
     (end them with 'nova-clone destroy'); the failed ones leave nothing

@@ -43,7 +43,8 @@ def make_generation(generation_id=GEN_ID, source="web", pause_ms=8.1):
 def make_clone(i, prefix="web-clone"):
     return api.Clone(name=f"{prefix}-{i:08x}", uuid=f"uuid-{i}", generation=GEN_ID,
                      mac_addresses=[f"52:54:00:00:00:{i:02x}"],
-                     restore_ms=800.0 + i, ready_ms=900.0 + i)
+                     restore_ms=800.0 + i, ready_ms=900.0 + i,
+                     phases_ms={"libvirt_restore": 780.0 + i, "nic_swap": 15.0})
 
 
 def fake_launch(generation_id, count=1, name_prefix=None, specs=None,
@@ -151,7 +152,9 @@ class TestLaunch(CLITestCase):
                          [c["name"] for c in clones])
         self.assertEqual({"name": "t-00000001", "uuid": "uuid-1", "generation": GEN_ID,
                           "mac_addresses": ["52:54:00:00:00:01"], "restore_ms": 801.0,
-                          "ready_ms": 901.0}, clones[1])
+                          "ready_ms": 901.0,
+                          "phases_ms": {"libvirt_restore": 781.0, "nic_swap": 15.0}},
+                         clones[1])
 
     def test_table(self):
         out, _ = self.run_ok("launch", "3f2a", "--count", "2")
