@@ -15,14 +15,17 @@ import uuid
 
 import libvirt
 
-from nova_clonedriver.demo import pattern_size_mib
+from nova_clonedriver.demo import agent as agent_mod
+from nova_clonedriver.demo import testguest
+from nova_clonedriver.demo.run import pattern_size_mib
 from nova_clonedriver.engine import api
 from nova_clonedriver.engine import domainxml
 from nova_clonedriver.engine import savefile
-from nova_clonedriver.guest import agent as agent_mod
-from nova_clonedriver.guest import testguest
 
 STATE_DIR = "/var/lib/nova-clonedriver-bench"
+# Run from a checkout: its test guest, unless told otherwise.
+os.environ.setdefault("NOVA_CLONE_GUEST_DIR", os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "build", "guest"))
 PATTERN_SEED = 777
 
 

@@ -20,10 +20,10 @@ from typing import Any
 
 from benchmarks import common
 from benchmarks import link
+from nova_clonedriver.demo import localnode
+from nova_clonedriver.demo import pki as pki_mod
+from nova_clonedriver.demo import testguest
 from nova_clonedriver.engine import api
-from nova_clonedriver.guest import testguest
-from nova_clonedriver.pageserver import localnode
-from nova_clonedriver.pageserver import pki as pki_mod
 from nova_clonedriver.pageserver import tls
 from tests.functional import netns
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from benchmarks import common
 from benchmarks import ksm
-from nova_clonedriver import demo as demo_mod
+from nova_clonedriver.demo import run as demo_mod
 from nova_clonedriver.engine import hostmem
 
 

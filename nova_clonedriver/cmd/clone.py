@@ -26,6 +26,7 @@ import pbr.version
 
 from nova_clonedriver import conf
 from nova_clonedriver.cmd import progress as progress_mod
+from nova_clonedriver.demo import testguest
 from nova_clonedriver.engine import api
 from nova_clonedriver.pageserver import control
 
@@ -37,7 +38,8 @@ DEFAULT_CONFIG_FILES = ["/etc/nova/nova.conf", "/etc/nova/nova-compute.conf"]
 # Failures an operator can act on: one line on stderr, exit status 1.
 ERRORS: tuple[type[BaseException], ...] = (
     api.BlessError, api.LaunchError, api.GenerationNotFound, api.GenerationInUse,
-    api.CloneNotFound, cfg.Error, libvirt.libvirtError, control.PageServiceError)
+    api.CloneNotFound, cfg.Error, libvirt.libvirtError, control.PageServiceError,
+    testguest.TestGuestMissing)
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2

@@ -13,15 +13,18 @@ import argparse
 from collections.abc import Callable
 import dataclasses
 from typing import Any
+from typing import cast
 
+from cliff import app as cliff_app
 from cliff import columns
 from cliff import command
 from cliff import lister
 from cliff import show
 
-from nova_clonedriver import demo as demo_mod
 from nova_clonedriver.cmd import clone as clone_app
 from nova_clonedriver.cmd import progress as progress_mod
+from nova_clonedriver.demo import run as demo_mod
+from nova_clonedriver.demo import testguest
 from nova_clonedriver.engine import api
 from nova_clonedriver.pageserver import control
 from nova_clonedriver.pageserver.remote import PREFETCH_CHOICES
@@ -108,8 +111,17 @@ class _Base:
     configuration first, and turn the engine's errors into one line on
     stderr and exit status 1 (instead of a log message or a traceback)."""
 
-    app: clone_app.CloneApp
+    app: cliff_app.App
+    examples = ""  # the help's epilog
     _error: Exception | None = None  # reported after the output (launch)
+
+    @property
+    def cli(self) -> clone_app.CloneApp:
+        """The application as its own class (cliff types it as any App)."""
+        return cast(clone_app.CloneApp, self.app)
+
+    def get_epilog(self) -> str:
+        return self.examples
 
     def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
         parser = super().get_parser(prog_name)  # type: ignore[misc]
@@ -118,17 +130,17 @@ class _Base:
 
     @property
     def progress(self) -> progress_mod.Progress:
-        return self.app.progress
+        return self.cli.progress
 
     def run(self, parsed_args: argparse.Namespace) -> int:
         try:
-            self.app.setup()
+            self.cli.setup()
             status = super().run(parsed_args)  # type: ignore[misc]
             if self._error is not None:
                 raise self._error
             return status
         except clone_app.ERRORS as exc:
-            return self.app.report_error(exc)
+            return self.cli.report_error(exc)
 
 
 class Bless(_Base, show.ShowOne):
@@ -147,7 +159,7 @@ class Bless(_Base, show.ShowOne):
     clones cannot tell their guest it was cloned (a warning is logged).
     """
 
-    _epilog = """\
+    examples = """\
 Examples:
   nova-clone bless web                # snapshot the running domain "web"
   nova-clone bless web -f value -c id # only the new snapshot's id (for scripts)
@@ -160,7 +172,7 @@ Examples:
         return parser
 
     def take_action(self, parsed_args: argparse.Namespace) -> tuple[Any, Any]:
-        engine = self.app.engine()
+        engine = self.cli.engine()
         watch = progress_mod.Stopwatch()
         self.progress(f"blessing {parsed_args.domain}: copying its memory while it runs")
         generation = engine.bless(parsed_args.domain)
@@ -190,7 +202,7 @@ class Launch(_Base, lister.Lister):
     behind, and the exit status is 1.
     """
 
-    _epilog = """\
+    examples = """\
 Examples:
   nova-clone launch 3f2a                       # one clone of snapshot 3f2a...
   nova-clone launch 3f2a --count 16 --name-prefix web-test
@@ -207,7 +219,7 @@ Examples:
         return parser
 
     def take_action(self, parsed_args: argparse.Namespace) -> tuple[Any, Any]:
-        engine = self.app.engine()
+        engine = self.cli.engine()
         count = parsed_args.count
         watch = progress_mod.Stopwatch()
         started = 0
@@ -242,7 +254,7 @@ class ListSnapshots(_Base, lister.Lister):
     the list and its overlay freed.
     """
 
-    _epilog = """\
+    examples = """\
 Examples:
   nova-clone list
   nova-clone list -f json
@@ -252,7 +264,7 @@ Examples:
                "clone_count", "clones")
 
     def take_action(self, parsed_args: argparse.Namespace) -> tuple[Any, Any]:
-        engine = self.app.engine()
+        engine = self.cli.engine()
         rows = []
         for generation in engine.generations():
             names = [ref.name for ref in engine.clones(generation)]
@@ -281,11 +293,11 @@ class Stats(_Base, lister.Lister):
 
     def take_action(self, parsed_args: argparse.Namespace) -> tuple[Any, Any]:
         try:
-            service = self.app.page_service().stats()
+            service = self.cli.page_service().stats()
         except control.PageServiceError:
             service = {"remote": {}, "origin": {"generations": {}}}
         rows = []
-        for entry in self.app.engine().stats():
+        for entry in self.cli.engine().stats():
             generation_id = entry["generation"]
             entry["page_service"] = service["remote"].get(
                 generation_id, service["origin"]["generations"].get(generation_id, {}))
@@ -310,7 +322,7 @@ class Discard(_Base, command.Command):
         return parser
 
     def take_action(self, parsed_args: argparse.Namespace) -> int:
-        self.app.engine().discard(parsed_args.snapshot)
+        self.cli.engine().discard(parsed_args.snapshot)
         self.app.stdout.write(f"discarded {parsed_args.snapshot}\n")
         return 0
 
@@ -330,7 +342,7 @@ class Destroy(_Base, command.Command):
         return parser
 
     def take_action(self, parsed_args: argparse.Namespace) -> int:
-        self.app.engine().destroy_clone(parsed_args.clone)
+        self.cli.engine().destroy_clone(parsed_args.clone)
         self.app.stdout.write(f"destroyed {parsed_args.clone}\n")
         return 0
 
@@ -353,7 +365,7 @@ class Demo(_Base, show.ShowOne):
     (listed under "problems").
     """
 
-    _epilog = """\
+    examples = """\
 Examples:
   nova-clone demo
   nova-clone demo --clones 16 --memory-mb 1024 -f json"""
@@ -366,7 +378,8 @@ Examples:
                             help="the master's memory in MiB (default: 256)")
         parser.add_argument("--guest-dir", metavar="DIR",
                             help="test guest kernel and initrd (default: "
-                                 "$NOVA_CLONE_GUEST_DIR, else build/guest)")
+                                 "$NOVA_CLONE_GUEST_DIR; tools/demo.sh sets it "
+                                 "to the checkout's build/guest)")
         parser.add_argument("--no-baseline", action="store_true",
                             help="skip the eager-restore baseline")
         parser.add_argument("--remote-clones", type=non_negative_int, default=2,
@@ -377,14 +390,15 @@ Examples:
 
     def take_action(self, parsed_args: argparse.Namespace) -> tuple[Any, Any]:
         watch = progress_mod.Stopwatch()
+        guest_dir = parsed_args.guest_dir or testguest.guest_dir_default()
         self.progress(f"demo: booting a {parsed_args.memory_mb} MiB test guest, filling "
                       f"its memory, blessing it, then launching {parsed_args.clones} "
                       "clone(s) and checking each")
         with self.progress.echo_logs("demo: "):
-            result = demo_mod.run(self.app.connection(), clone_app.CONF.clone.state_dir,
+            result = demo_mod.run(self.cli.connection(), clone_app.CONF.clone.state_dir,
                                   clones=parsed_args.clones,
                                   memory_mib=parsed_args.memory_mb,
-                                  guest_dir=parsed_args.guest_dir,
+                                  guest_dir=guest_dir,
                                   baseline=not parsed_args.no_baseline,
                                   remote_clones=parsed_args.remote_clones)
         ok = result["clones_ok"] + result.get("remote_clones_ok", 0)
@@ -400,7 +414,7 @@ Examples:
         self._all_ok = True
         status = super().run(parsed_args)
         if status == 0 and not self._all_ok:
-            return self.app.fail("the demo found problems with some clones "
+            return self.cli.fail("the demo found problems with some clones "
                                  "(see 'problems' in its report)")
         return status
 
@@ -415,7 +429,7 @@ class Attach(_Base, show.ShowOne):
     driver does this by itself for live images of other hosts.
     """
 
-    _epilog = """\
+    examples = """\
 Examples:
   nova-clone attach 3f2a9c0d1e2b4a5f8c7d6e5f4a3b2c1d --origin 10.0.0.11:8797 --key 9b1e...
   nova-clone attach 3f2a... --origin compute-1:8797 --key 9b1e... --prefetch working-set"""
@@ -439,7 +453,7 @@ Examples:
         return parser
 
     def take_action(self, parsed_args: argparse.Namespace) -> tuple[Any, Any]:
-        reply = self.app.page_service().attach(parsed_args.snapshot, parsed_args.origin,
+        reply = self.cli.page_service().attach(parsed_args.snapshot, parsed_args.origin,
                                                parsed_args.key, parsed_args.prefetch)
         return tuple(reply), tuple(formattable(v) for v in reply.values())
 
@@ -455,7 +469,7 @@ class Release(_Base, command.Command):
         return parser
 
     def take_action(self, parsed_args: argparse.Namespace) -> int:
-        self.app.page_service().release(parsed_args.snapshot)
+        self.cli.page_service().release(parsed_args.snapshot)
         self.app.stdout.write(f"released {parsed_args.snapshot}\n")
         return 0
 
@@ -471,7 +485,7 @@ class PageStats(_Base, lister.Lister):
     COLUMNS = ("generation", "role", "peer", "counters")
 
     def take_action(self, parsed_args: argparse.Namespace) -> tuple[Any, Any]:
-        stats = self.app.page_service().stats()
+        stats = self.cli.page_service().stats()
         rows = [(generation, "remote", data.pop("origin", "-"), formattable(data))
                 for generation, data in stats["remote"].items()]
         for generation, peers in stats["origin"]["generations"].items():

@@ -239,8 +239,9 @@ def _migrate(domain: libvirt.virDomain, domain_type: str,
         downtime_limit_ms = options.downtime_limit_ms
         if domain_type == "qemu":
             downtime_limit_ms = 0  # see the module's docstring
-        qmp.command(domain, "migrate-set-parameters", **{
-            "downtime-limit": downtime_limit_ms, "max-bandwidth": 1 << 40})
+        parameters: dict[str, Any] = {"downtime-limit": downtime_limit_ms,
+                                      "max-bandwidth": 1 << 40}
+        qmp.command(domain, "migrate-set-parameters", **parameters)
         try:
             qmp.command(domain, "getfd", files=[write_fd], fdname=fdname)
         finally:
@@ -287,9 +288,9 @@ def _migrate(domain: libvirt.virDomain, domain_type: str,
 
 
 def _wait_for(domain: libvirt.virDomain, states: tuple[str, ...],
-              deadline: float) -> dict:
+              deadline: float) -> dict[str, Any]:
     while True:
-        info = qmp.command(domain, "query-migrate")
+        info: dict[str, Any] = qmp.command(domain, "query-migrate")
         status = info.get("status")
         if status in states:
             return info
@@ -346,7 +347,9 @@ def _point(link: str, overlay: str) -> None:
 
 def _abort(domain: libvirt.virDomain, fdname: str) -> None:
     """Cancel the migration (QEMU then closes the pipe) and let the master run."""
-    for command, arguments in (("migrate_cancel", {}), ("closefd", {"fdname": fdname})):
+    cancel: list[tuple[str, dict[str, Any]]] = [("migrate_cancel", {}),
+                                                ("closefd", {"fdname": fdname})]
+    for command, arguments in cancel:
         try:
             qmp.command(domain, command, **arguments)
         except qmp.QMPError as exc:
@@ -362,7 +365,7 @@ def _abort(domain: libvirt.virDomain, fdname: str) -> None:
         domain.resume()
 
 
-def _restore_settings(domain: libvirt.virDomain, saved: dict) -> None:
+def _restore_settings(domain: libvirt.virDomain, saved: dict[str, Any]) -> None:
     try:
         qmp.command(domain, "migrate-set-capabilities", capabilities=[
             {"capability": "pause-before-switchover", "state": False}])

@@ -128,8 +128,12 @@ def clone_xml(master_xml: str, identity: CloneIdentity, memory_image: str | None
             continue
         for backing in disk.findall("backingStore"):
             disk.remove(backing)
-        disk.find("source").set("file", identity.overlays[target.get("dev")])  # type: ignore[union-attr]
-        disk.find("driver").set("type", "qcow2")  # type: ignore[union-attr]
+        source, driver = disk.find("source"), disk.find("driver")
+        if source is None or driver is None:
+            raise ValueError(f"disk {target.get('dev')} of the domain XML has no "
+                             "source or driver")
+        source.set("file", identity.overlays[target.get("dev", "")])
+        driver.set("type", "qcow2")
     for kind in ("serial", "console", "channel", "parallel"):
         for device in root.findall(f"devices/{kind}"):
             if device.get("type") in ("file", "unix"):

@@ -60,7 +60,7 @@ class MemoryImageWriter:
         self._flush()
         os.fsync(self._fd)
         per_chunk = CHUNK_SIZE_BYTES // PAGE_SIZE_BYTES
-        checksums = []
+        checksums: list[str | None] = []
         for chunk in range(chunk_count(self.size_bytes)):
             pages = self._has_data[chunk * per_chunk:(chunk + 1) * per_chunk]
             if any(pages):

@@ -74,10 +74,10 @@ class _Reader:
         return self.exact(1)[0]
 
     def be32(self) -> int:
-        return _BE32.unpack(self.exact(4))[0]
+        return int(_BE32.unpack(self.exact(4))[0])
 
     def be64(self) -> int:
-        return _BE64.unpack(self.exact(8))[0]
+        return int(_BE64.unpack(self.exact(8))[0])
 
     def idstr(self) -> bytes:
         return self.exact(self.u8())

@@ -23,4 +23,5 @@ def thread_class() -> type[threading.Thread]:
             from eventlet import patcher
         except ImportError:
             return threading.Thread
-    return patcher.original("threading").Thread
+    original: type[threading.Thread] = patcher.original("threading").Thread
+    return original

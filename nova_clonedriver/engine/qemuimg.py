@@ -22,7 +22,8 @@ def _info(image: str, *options: str) -> Any:
 
 def backing_file(image: str) -> str | None:
     """The backing file name recorded in ``image`` (None: it has none)."""
-    return _info(image).get("backing-filename")
+    backing: str | None = _info(image).get("backing-filename")
+    return backing
 
 
 def chain_length(image: str) -> int:

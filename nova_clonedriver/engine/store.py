@@ -88,6 +88,23 @@ class Generation:
         del data["directory"]
         return data
 
+    @classmethod
+    def from_json(cls, data: object, directory: str = "") -> Generation:
+        """The generation ``to_json`` gave; raises ValueError for anything
+        else (a damaged generation.json, a peer's bad answer)."""
+        if not isinstance(data, dict):
+            raise ValueError("generation metadata is not a JSON object")
+        fields = [f for f in dataclasses.fields(cls) if f.name != "directory"]
+        required = {f.name for f in fields if f.default is dataclasses.MISSING
+                    and f.default_factory is dataclasses.MISSING}
+        unknown = set(data) - {f.name for f in fields}
+        missing = required - set(data)
+        if unknown or missing:
+            raise ValueError("generation metadata "
+                             + (f"lacks {', '.join(sorted(missing))}" if missing else
+                                f"has unknown keys {', '.join(sorted(unknown))}"))
+        return cls(directory=directory, **data)
+
 
 @dataclasses.dataclass
 class CloneReference:
@@ -193,11 +210,10 @@ class SnapshotStore:
         directory = os.path.join(self.generations_dir, matches[0])
         try:
             with open(os.path.join(directory, GENERATION_FILE)) as f:
-                data = json.load(f)
+                return Generation.from_json(json.load(f), directory)
         except (OSError, ValueError) as exc:
             raise GenerationNotFound(
                 f"snapshot generation {matches[0]} is damaged: {exc}") from exc
-        return Generation(directory=directory, **data)
 
     def add_reference(self, generation: Generation, ref: CloneReference) -> None:
         write_json_atomic(self._reference_path(generation, ref.uuid),

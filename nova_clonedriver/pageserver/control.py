@@ -101,7 +101,7 @@ class PageServiceClient:
                 f"the page service does not answer on {self.path}: {exc}") from exc
         if not line:
             raise PageServiceUnavailable("the page service closed the connection")
-        reply = json.loads(line)
+        reply: dict[str, Any] = json.loads(line)
         if not reply.pop("ok"):
             raise PageServiceError(reply["error"])
         return reply

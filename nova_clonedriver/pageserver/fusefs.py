@@ -22,6 +22,7 @@ from typing import Any
 
 import pyfuse3
 
+from nova_clonedriver.pageserver import presented as presented_mod
 from nova_clonedriver.pageserver import remote as remote_mod
 
 LOG = logging.getLogger(__name__)
@@ -53,12 +54,12 @@ class PagesFS(pyfuse3.Operations):
             self._paths[inode] = key
         return self._inodes[key]
 
-    def _resolve(self, inode: int) -> tuple[remote_mod.Presented, str]:
+    def _resolve(self, inode: int) -> tuple[presented_mod.Presented, str]:
         if inode not in self._paths:
             raise pyfuse3.FUSEError(errno.ENOENT)
         generation_id, name = self._paths[inode]
-        presented = self.remote.presented.get(generation_id)
-        if presented is None or (name and name not in presented.names):
+        presented = self.remote.get(generation_id)
+        if presented is None or (name and not presented.has_file(name)):
             raise pyfuse3.FUSEError(errno.ENOENT)
         return presented, name
 
@@ -75,13 +76,13 @@ class PagesFS(pyfuse3.Operations):
             attrs.st_mode = stat.S_IFDIR | 0o711  # no listing of generations
             attrs.st_nlink = 2
             return attrs
-        cached = presented.files[presented.names[name]]
+        file_attributes = presented.attributes(name)
         attrs.st_mode = stat.S_IFREG | 0o600  # tenant memory: QEMU's user only
         attrs.st_nlink = 1
-        attrs.st_size = cached.size_bytes
-        attrs.st_blocks = cached.cached_bytes() // 512
-        created_ns = int(os.stat(presented.generation.device_stream).st_mtime_ns)
-        attrs.st_atime_ns = attrs.st_mtime_ns = attrs.st_ctime_ns = created_ns
+        attrs.st_size = file_attributes.size_bytes
+        attrs.st_blocks = file_attributes.cached_bytes // 512
+        attrs.st_atime_ns = attrs.st_mtime_ns = attrs.st_ctime_ns = (
+            file_attributes.created_ns)
         return attrs
 
     async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
@@ -97,11 +98,11 @@ class PagesFS(pyfuse3.Operations):
                      ctx: Any = None) -> pyfuse3.EntryAttributes:
         decoded = os.fsdecode(name)
         if parent_inode == ROOT_INODE:
-            if decoded not in self.remote.presented:
+            if self.remote.get(decoded) is None:
                 raise pyfuse3.FUSEError(errno.ENOENT)
             return self._attributes(self._inode(decoded, ""))
         presented, parent_name = self._resolve(parent_inode)
-        if parent_name or decoded not in presented.names:
+        if parent_name or not presented.has_file(decoded):
             raise pyfuse3.FUSEError(errno.ENOENT)
         return self._attributes(self._inode(presented.generation.id, decoded))
 
@@ -114,11 +115,11 @@ class PagesFS(pyfuse3.Operations):
 
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:
         if fh == ROOT_INODE:
-            entries = [(g, self._inode(g, "")) for g in sorted(self.remote.presented)]
+            entries = [(g, self._inode(g, "")) for g in self.remote.generation_ids()]
         else:
             presented, _ = self._resolve(fh)
             generation_id = presented.generation.id
-            entries = [(n, self._inode(generation_id, n)) for n in sorted(presented.names)]
+            entries = [(n, self._inode(generation_id, n)) for n in presented.file_names()]
         for index, (name, inode) in enumerate(entries[start_id:], start_id + 1):
             if not pyfuse3.readdir_reply(token, os.fsencode(name),
                                          self._attributes(inode), index):
@@ -130,31 +131,25 @@ class PagesFS(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EISDIR)
         if flags & os.O_TRUNC:
             raise pyfuse3.FUSEError(errno.EROFS)
-        presented.open_handles += 1
+        presented.opened()
         return pyfuse3.FileInfo(fh=inode, keep_cache=True)
 
     async def read(self, fh: int, offset: int, size: int) -> bytes:
         presented, name = self._resolve(fh)
-        cached = presented.files[presented.names[name]]
-        end = min(offset + size, cached.size_bytes)
-        if offset >= end:
-            return b""
-        first, last = offset // cached.chunk_size_bytes, (end - 1) // cached.chunk_size_bytes
         try:
-            await presented.ensure(presented.names[name], list(range(first, last + 1)))
+            return await presented.read(name, offset, size)
         except Exception as exc:
             LOG.error("Read of %s/%s at %d failed: %s", presented.generation.id, name,
                       offset, exc)
             raise pyfuse3.FUSEError(errno.EIO) from None
-        return cached.read(offset, end - offset)
 
     async def write(self, fh: int, offset: int, buf: bytes) -> int:
         raise pyfuse3.FUSEError(errno.EROFS)
 
     async def release(self, fh: int) -> None:
-        presented = self.remote.presented.get(self._paths.get(fh, ("", ""))[0])
+        presented = self.remote.get(self._paths.get(fh, ("", ""))[0])
         if presented is not None:
-            presented.open_handles -= 1
+            presented.closed()
 
     async def access(self, inode: int, mode: int, ctx: Any) -> bool:
         return True

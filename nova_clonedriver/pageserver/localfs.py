@@ -30,17 +30,20 @@ class LocalTransport(transport.Transport):
     async def open(self, generation_id: str, clones: list[str],
                    key: str) -> transport.Opened:
         reply = await self._run(self._origin.open, generation_id, clones, key)
-        return transport.Opened(reply["generation"], reply["file_sizes"])
+        return transport.Opened.from_json(reply)
 
     async def fetch(self, generation_id: str, file_number: int,
                     chunks: list[int]) -> dict[int, bytes | None]:
-        return await self._run(self._read, generation_id, file_number, chunks)
+        data: dict[int, bytes | None] = await self._run(self._read, generation_id,
+                                                        file_number, chunks)
+        return data
 
     async def release(self, generation_id: str) -> None:
         await self._run(self._origin.release, generation_id)
 
     async def working_set(self, generation_id: str) -> list[int]:
-        return await self._run(self._origin.working_set, generation_id)
+        chunks: list[int] = await self._run(self._origin.working_set, generation_id)
+        return chunks
 
     async def record_working_set(self, generation_id: str, chunks: list[int]) -> None:
         await self._run(self._origin.record_working_set, generation_id, chunks)

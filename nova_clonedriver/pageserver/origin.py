@@ -80,7 +80,7 @@ class OriginStore:
         generation = self.opened(node, generation_id)
         try:
             with open(os.path.join(generation.directory, WORKING_SET_FILE)) as f:
-                return json.load(f)
+                return transport.chunk_list(json.load(f))
         except FileNotFoundError:
             return []
 
@@ -188,7 +188,8 @@ class OriginServer:
                 writer.write(protocol.encode_json(Kind.ERROR, request_id, {"error": str(exc)}))
             await writer.drain()
 
-    async def _json_request(self, peer: str, kind: Kind, data: dict) -> dict:
+    async def _json_request(self, peer: str, kind: Kind,
+                            data: dict[str, Any]) -> dict[str, Any]:
         generation_id = data.get("generation")
         if kind == Kind.OPEN:
             return self.origin.open(peer, generation_id, data.get("clones", []),

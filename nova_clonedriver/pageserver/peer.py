@@ -39,7 +39,8 @@ class _Pending:
     def __init__(self, expected_replies: int) -> None:
         self.expected = expected_replies
         self.replies: list[tuple[int, bytes]] = []  # (flags, payload)
-        self.done: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.done: asyncio.Future[list[tuple[int, bytes]]] = (
+            asyncio.get_running_loop().create_future())
 
 
 class OriginClient:
@@ -72,7 +73,7 @@ class OriginClient:
             chunk, content = protocol.decode_data(flags, data)
             result[chunk] = content
         if sorted(result) != sorted(chunks):
-            raise protocol.ProtocolError("the origin sent other chunks than asked for")
+            raise transport.Malformed("the origin sent other chunks than asked for")
         return result
 
     async def close(self) -> None:
@@ -186,7 +187,7 @@ class PeerTransport(transport.Transport):
                    key: str) -> transport.Opened:
         reply = await self._client.request_json(
             Kind.OPEN, {"generation": generation_id, "clones": clones, "key": key})
-        return transport.Opened(reply["generation"], reply["file_sizes"])
+        return transport.Opened.from_json(reply)
 
     async def fetch(self, generation_id: str, file_number: int,
                     chunks: list[int]) -> dict[int, bytes | None]:
@@ -198,7 +199,7 @@ class PeerTransport(transport.Transport):
     async def working_set(self, generation_id: str) -> list[int]:
         reply = await self._client.request_json(Kind.GET_WORKING_SET,
                                                 {"generation": generation_id})
-        return reply["chunks"]
+        return transport.chunk_list(reply.get("chunks"))
 
     async def record_working_set(self, generation_id: str, chunks: list[int]) -> None:
         await self._client.request_json(Kind.PUT_WORKING_SET,

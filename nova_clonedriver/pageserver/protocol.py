@@ -26,6 +26,8 @@ import json
 import struct
 from typing import Any
 
+from nova_clonedriver.pageserver import transport
+
 MAGIC = b"NC"
 HEADER = struct.Struct("!2sBBII")
 FETCH_HEAD = struct.Struct("!32sBH")
@@ -60,7 +62,7 @@ REQUEST_KINDS = {Kind.OPEN, Kind.FETCH, Kind.RELEASE,
                  Kind.GET_WORKING_SET, Kind.PUT_WORKING_SET}
 
 
-class ProtocolError(Exception):
+class ProtocolError(transport.Malformed):
     """The other side broke the protocol; the connection must close."""
 
 

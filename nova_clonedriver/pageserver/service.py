@@ -2,7 +2,7 @@
 
 Runs, in one asyncio loop: the TLS server that serves this node's
 generations to peers (origin.py), the FUSE file system that presents other
-nodes' generations here (fusefs.py, remote.py), the local control socket
+nodes' generations here (fusefs.py, remote.py, presented.py), the local control socket
 (control.py), and the periodic reconcile that keeps origins' reference
 counts right and frees what no clone uses.
 """
@@ -95,7 +95,7 @@ class PageService:
         fuse_task = loop.create_task(pyfuse3.main())
         controls = await control.serve(config.socket_path(), self._control,
                                        config.control_socket_group)
-        servers = [tcp, controls]
+        servers: list[asyncio.AbstractServer | metrics.Endpoint] = [tcp, controls]
         if config.metrics_port:
             servers.append(await metrics.serve(config.metrics_host, config.metrics_port,
                                                self.remote.stats_json))
@@ -112,8 +112,7 @@ class PageService:
             for server in servers:
                 server.close()
             pyfuse3.close(unmount=True)
-            for presented in self.remote.presented.values():
-                presented.close()
+            self.remote.close()
 
     def _qemu_user(self) -> tuple[int, int]:
         """The user QEMU runs as, from libvirt (as the engine finds it)."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import ssl
+from typing import Any
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
@@ -38,14 +39,14 @@ def client_context(cert_file: str, key_file: str, ca_file: str) -> ssl.SSLContex
     return context
 
 
-def peer_name(certificate: dict | None) -> str:
+def peer_name(certificate: dict[str, Any] | None) -> str:
     """The node name in a verified peer certificate (its subject CN)."""
     if not certificate:
         raise CertificateError("the peer presented no certificate")
     for rdn in certificate.get("subject", ()):
         for key, value in rdn:
             if key == "commonName":
-                if not NODE_NAME.match(value):
+                if not isinstance(value, str) or not NODE_NAME.match(value):
                     raise CertificateError(f"certificate CN {value!r} is not a node name")
                 return value
     raise CertificateError("the peer certificate has no common name")

@@ -24,6 +24,8 @@ from typing import Any
 
 from stevedore import driver
 
+from nova_clonedriver.engine import store as store_mod
+
 NAMESPACE = "nova_clonedriver.pageserver.transports"
 DEFAULT_SCHEME = "peer"
 
@@ -37,11 +39,37 @@ class Unavailable(Exception):
     """The origin could not be reached within the fetch timeout."""
 
 
+class Malformed(Exception):
+    """The other side sent something the protocol does not allow."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Opened:
     """The origin's answer to OPEN."""
-    generation: dict[str, Any]  # its generation.json
+    generation: store_mod.Generation  # as the origin has it (no directory)
     file_sizes: list[int]  # by FETCH file number
+
+    @classmethod
+    def from_json(cls, reply: Any) -> Opened:
+        """From the JSON an origin sends; raises Malformed."""
+        try:
+            generation = store_mod.Generation.from_json(reply["generation"])
+            file_sizes = reply["file_sizes"]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise Malformed(f"bad OPEN answer: {exc}") from None
+        if (not isinstance(file_sizes, list)
+                or not all(isinstance(n, int) and n >= 0 for n in file_sizes)):
+            raise Malformed("bad OPEN answer: file sizes are not byte counts")
+        return cls(generation, file_sizes)
+
+
+def chunk_list(value: object) -> list[int]:
+    """A list of chunk numbers an origin sent (a working set); raises
+    Malformed if it is not one."""
+    if not isinstance(value, list) or not all(
+            isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in value):
+        raise Malformed("a chunk list holds chunk numbers")
+    return value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +82,14 @@ class Context:
 
 
 class Transport(abc.ABC):
+    """How one node reaches one origin. Every coroutine may raise
+    Unavailable (the origin did not answer within ``context.timeout_s``);
+    those that name a generation raise Refused when the origin says no
+    (unknown generation, not opened by this node, wrong key), and those that
+    return what the origin sent raise Malformed when it is not what the
+    protocol allows. The caller checks memory chunks against their
+    checksums; a transport need not."""
+
     def __init__(self, location: str, context: Context) -> None:
         """``location``: the origin address without its scheme."""
         self.location = location
@@ -66,32 +102,40 @@ class Transport(abc.ABC):
 
     @abc.abstractmethod
     async def open(self, generation_id: str, clones: list[str], key: str) -> Opened:
-        """Record that this node holds ``clones`` of the generation.
+        """Record at the origin that this node holds ``clones`` of the
+        generation (an empty list: none yet, or none any more).
 
         :param key: the generation's access key (Generation.access_key).
-        :raises Refused: unknown generation, or not the right key.
-        :raises Unavailable: the origin does not answer."""
+        :returns: the generation's metadata and file sizes.
+        :raises Refused: unknown generation, or not the right key."""
 
     @abc.abstractmethod
     async def fetch(self, generation_id: str, file_number: int,
                     chunks: list[int]) -> dict[int, bytes | None]:
-        """The chunks' bytes (``None``: all zeros)."""
+        """Each of ``chunks`` of FETCH file ``file_number`` (protocol.py).
+
+        :returns: chunk -> its bytes, ``None`` for a chunk of zeros; every
+            asked chunk is a key.
+        :raises Refused: the node has not opened the generation."""
 
     @abc.abstractmethod
     async def release(self, generation_id: str) -> None:
-        """This node holds no clone of the generation any more."""
+        """Tell the origin this node holds no clone of the generation any
+        more (it may then delete it)."""
 
     @abc.abstractmethod
     async def working_set(self, generation_id: str) -> list[int]:
-        """The recorded working set (empty if none yet)."""
+        """:returns: the memory chunks of the recorded working set, in the
+            order first read (empty if none is recorded yet)."""
 
     @abc.abstractmethod
     async def record_working_set(self, generation_id: str, chunks: list[int]) -> None:
-        """Record the working set unless one is recorded already."""
+        """Record ``chunks`` as the working set unless one is recorded
+        already (the first node's clones define it)."""
 
     @abc.abstractmethod
     async def close(self) -> None:
-        """Let go of connections or files."""
+        """Let go of connections or files; never raises."""
 
 
 def load(origin: str, context: Context) -> Transport:
@@ -101,7 +145,11 @@ def load(origin: str, context: Context) -> Transport:
     if not separator:
         scheme, location = DEFAULT_SCHEME, origin
     try:
-        plugin = driver.DriverManager(NAMESPACE, scheme).driver
+        manager: driver.DriverManager[type[Transport]] = driver.DriverManager(
+            NAMESPACE, scheme)
     except Exception as exc:  # stevedore: no such plugin, or it failed to import
         raise ValueError(f"no page service transport {scheme!r} for {origin!r}") from exc
+    plugin = manager.driver
+    if not (isinstance(plugin, type) and issubclass(plugin, Transport)):
+        raise ValueError(f"page service transport {scheme!r} is not a Transport")
     return plugin(location, context)

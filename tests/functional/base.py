@@ -11,13 +11,16 @@ import xml.etree.ElementTree as ET
 import libvirt
 import testtools
 
+from nova_clonedriver.demo import agent as agent_mod
+from nova_clonedriver.demo import testguest
 from nova_clonedriver.engine import api
-from nova_clonedriver.guest import agent as agent_mod
-from nova_clonedriver.guest import testguest
 from tests import waiting
 
 # QEMU's user must reach the store, so not a mktemp folder under /tmp's 0700.
 TEST_ROOT = "/var/tmp/ncd-tests"
+# Run from a checkout: its test guest, unless told otherwise.
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("NOVA_CLONE_GUEST_DIR", os.path.join(CHECKOUT, "build", "guest"))
 LIBVIRT_URI = "qemu:///system"
 MASTER_MEMORY_MIB = 256
 PATTERN_SEED = 4242

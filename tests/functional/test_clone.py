@@ -7,10 +7,10 @@ import subprocess
 import sys
 import xml.etree.ElementTree as ET
 
+from nova_clonedriver.demo import agent as agent_mod
+from nova_clonedriver.demo import testguest
 from nova_clonedriver.engine import api
 from nova_clonedriver.engine import hostmem
-from nova_clonedriver.guest import agent as agent_mod
-from nova_clonedriver.guest import testguest
 from tests.functional import base
 
 CLONES = 3

@@ -7,10 +7,10 @@ import subprocess
 import sys
 import time
 
+from nova_clonedriver.demo import agent as agent_mod
 from nova_clonedriver.engine import api
 from nova_clonedriver.engine import memimage
 from nova_clonedriver.engine import qmp
-from nova_clonedriver.guest import agent as agent_mod
 from tests.functional import base
 
 

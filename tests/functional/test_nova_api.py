@@ -44,8 +44,8 @@ import psutil
 from sqlalchemy import exc as sqla_exc
 
 from nova_clonedriver import conf  # noqa: F401 (registers [clone] for self.flags)
+from nova_clonedriver.demo import testguest
 from nova_clonedriver.engine import api as engine_api
-from nova_clonedriver.guest import testguest
 from tests import guestconsole
 from tests import waiting
 from tests.functional import base

@@ -23,10 +23,10 @@ from nova.tests.unit import fake_instance
 from oslo_config import fixture as config_fixture
 
 from nova_clonedriver.conf import CONF
+from nova_clonedriver.demo import localnode
+from nova_clonedriver.demo import pki as pki_mod
+from nova_clonedriver.demo import testguest
 from nova_clonedriver.engine import api
-from nova_clonedriver.guest import testguest
-from nova_clonedriver.pageserver import localnode
-from nova_clonedriver.pageserver import pki as pki_mod
 from nova_clonedriver.virt import driver as driver_mod
 from tests.functional import base
 

@@ -21,16 +21,17 @@ import subprocess
 import time
 import urllib.request
 
+from prometheus_client import parser
 from testtools.content import text_content
 
+from nova_clonedriver.demo import agent as agent_mod
+from nova_clonedriver.demo import localnode
+from nova_clonedriver.demo import pki as pki_mod
+from nova_clonedriver.demo import testguest
 from nova_clonedriver.engine import api
 from nova_clonedriver.engine import native
-from nova_clonedriver.guest import agent as agent_mod
-from nova_clonedriver.guest import testguest
 from nova_clonedriver.pageserver import control
-from nova_clonedriver.pageserver import localnode
 from nova_clonedriver.pageserver import peer as peer_mod
-from nova_clonedriver.pageserver import pki as pki_mod
 from nova_clonedriver.pageserver import protocol
 from nova_clonedriver.pageserver import tls
 from nova_clonedriver.pageserver import transport
@@ -191,9 +192,12 @@ class TestPageService(base.LibvirtTestCase):
         host = node.address.rpartition(":")[0]
         with urllib.request.urlopen(f"http://{host}:{metrics_port}/metrics",
                                     timeout=10) as reply:
-            self.assertIn(f'nova_clone_pageserver_remote_bytes_fetched_total{{generation='
-                          f'"{generation.id}",origin="{shared}"}} {fetched}',
-                          reply.read().decode())
+            samples = {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+                       for family in parser.text_string_to_metric_families(
+                           reply.read().decode()) for sample in family.samples}
+        self.assertEqual(fetched, samples[
+            ("nova_clone_pageserver_remote_bytes_fetched_total",
+             (("generation", generation.id), ("origin", shared)))])
         # Nothing went through node A's page service.
         served = self.node_a.client.stats()["origin"]["generations"]
         self.assertNotIn("node-shared", served.get(generation.id, {}))

@@ -14,10 +14,10 @@ import os
 
 import fixtures
 
+from nova_clonedriver.demo import testguest
 from nova_clonedriver.engine import api
 from nova_clonedriver.engine import bless as bless_mod
 from nova_clonedriver.engine import qmp
-from nova_clonedriver.guest import testguest
 from tests.functional import base
 
 PAGE_SIZE_BYTES = 4096

@@ -5,8 +5,8 @@ import socket
 import time
 import xml.etree.ElementTree as ET
 
-from nova_clonedriver.guest import agent as agent_mod
-from nova_clonedriver.guest import testguest
+from nova_clonedriver.demo import agent as agent_mod
+from nova_clonedriver.demo import testguest
 from tests.functional import base
 
 

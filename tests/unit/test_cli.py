@@ -392,7 +392,8 @@ class TestDemo(CLITestCase):
     def setUp(self):
         super().setUp()
         self.demo_run = self.useFixture(fixtures.MockPatch(
-            "nova_clonedriver.demo.run", return_value=dict(REPORT))).mock
+            "nova_clonedriver.demo.run.run", return_value=dict(REPORT))).mock
+        self.useFixture(fixtures.EnvironmentVariable("NOVA_CLONE_GUEST_DIR", "/srv/guest"))
 
     def test_json_report_keeps_its_keys(self):
         out, _ = self.run_ok("demo", "--clones", "2", "--memory-mb", "128",
@@ -400,7 +401,21 @@ class TestDemo(CLITestCase):
         self.assertEqual(REPORT, json.loads(out))
         self.demo_run.assert_called_once_with(
             self.libvirt_open.return_value, self.state_dir, clones=2, memory_mib=128,
-            guest_dir=None, baseline=False, remote_clones=1)
+            guest_dir="/srv/guest", baseline=False, remote_clones=1)
+
+    def test_guest_dir_option_wins_over_the_environment(self):
+        self.run_ok("demo", "--guest-dir", "/opt/guest")
+        self.assertEqual("/opt/guest", self.demo_run.call_args.kwargs["guest_dir"])
+
+    def test_no_guest_dir_is_one_line_and_boots_nothing(self):
+        self.useFixture(fixtures.EnvironmentVariable("NOVA_CLONE_GUEST_DIR"))
+        status, out, err = self.run_cli("demo")
+        self.assertEqual(1, status)
+        self.assertEqual("", out)
+        self.assertEqual(1, len(err.strip().splitlines()), err)
+        self.assertIn("nova-clone: error: no test guest given: build it with "
+                      "tools/build-guest.sh", err)
+        self.demo_run.assert_not_called()
 
     def test_a_remote_clone_with_problems_exits_1(self):
         report = dict(REPORT, remote_clones_ok=0,

@@ -15,7 +15,8 @@ import fixtures
 import testtools
 
 from nova_clonedriver.pageserver import cache
-from nova_clonedriver.pageserver import remote
+from nova_clonedriver.pageserver import presented as presented_mod
+from nova_clonedriver.pageserver import readahead
 from nova_clonedriver.pageserver import stats
 from nova_clonedriver.pageserver import transport
 
@@ -46,25 +47,24 @@ class TestReadAhead(testtools.TestCase):
         self.directory = self.useFixture(fixtures.TempDir()).path
         self.origin = FakeOrigin()
 
-    def presented(self, readahead_max_chunks: int = 8) -> remote.Presented:
-        cached = cache.CachedFile(os.path.join(self.directory, "file-2"),
-                                  CHUNKS * CHUNK, CHUNK, None)
-        self.addCleanup(cached.close)
-        return remote.Presented(types.SimpleNamespace(id="gen"), self.origin,
-                                {DISK: cached}, {"vda.qcow2": DISK},
-                                stats.GenerationStats(), working_set_window_s=0,
-                                readahead_max_chunks=readahead_max_chunks)
+    def presented(self, readahead_max_chunks: int = 8) -> presented_mod.Presented:
+        self.cached = cache.CachedFile(os.path.join(self.directory, "file-2"),
+                                       CHUNKS * CHUNK, CHUNK, None)
+        self.addCleanup(self.cached.close)
+        return presented_mod.Presented(types.SimpleNamespace(id="gen"), self.origin,
+                                       {DISK: self.cached}, {"vda.qcow2": DISK},
+                                       stats.GenerationStats(),
+                                       readahead_max_chunks=readahead_max_chunks)
 
-    def read(self, presented: remote.Presented, chunks: list[int]) -> dict[str, int]:
-        """Read each chunk in turn as a clone would (waiting for each), then
-        let read-ahead settle; the counters."""
+    def read(self, presented: presented_mod.Presented, chunks: list[int]) -> dict[str, int]:
+        """Read each chunk in turn as a clone would (through the FUSE file
+        system's call, waiting for each), then let read-ahead settle; the
+        counters."""
         async def reads():
             for chunk in chunks:
-                await presented.ensure(DISK, [chunk])
                 self.assertEqual(bytes([chunk]) * CHUNK,
-                                 presented.files[DISK].read(chunk * CHUNK, CHUNK))
-            while presented._read_ahead_tasks:
-                await asyncio.gather(*presented._read_ahead_tasks)
+                                 await presented.read("vda.qcow2", chunk * CHUNK, CHUNK))
+            await presented.readahead.settle()
         asyncio.run(reads())
         return presented.stats.counters
 
@@ -73,7 +73,7 @@ class TestReadAhead(testtools.TestCase):
 
     def test_a_sequential_reader_waits_only_until_its_run_is_long_enough(self):
         counters = self.read(self.presented(), list(range(40)))
-        self.assertEqual(remote.READ_AHEAD_AFTER_CHUNKS,
+        self.assertEqual(readahead.READ_AHEAD_AFTER_CHUNKS,
                          counters["chunks_fetched"] - counters["chunks_read_ahead"])
         # Each chunk once, and ahead of the last read, but no further than
         # the window.
@@ -97,7 +97,7 @@ class TestReadAhead(testtools.TestCase):
     def test_interleaved_readers_are_followed_apart(self):
         order = [c for pair in zip(range(0, 12), range(30, 42), strict=True) for c in pair]
         counters = self.read(self.presented(), order)
-        self.assertEqual(2 * remote.READ_AHEAD_AFTER_CHUNKS,
+        self.assertEqual(2 * readahead.READ_AHEAD_AFTER_CHUNKS,
                          counters["chunks_fetched"] - counters["chunks_read_ahead"])
 
     def test_read_ahead_stops_at_the_end_of_the_file(self):
@@ -110,14 +110,14 @@ class TestReadAhead(testtools.TestCase):
         self.assertEqual([[c] for c in range(10)], self.origin.requests)
 
     def test_a_failed_read_ahead_is_fetched_again_when_read(self):
-        run = list(range(remote.READ_AHEAD_AFTER_CHUNKS))
+        run = list(range(readahead.READ_AHEAD_AFTER_CHUNKS))
         ahead = [run[-1] + 1, run[-1] + 2]
         self.origin.failing = {ahead[1]}
         presented = self.presented()
         self.read(presented, run)  # the two chunks after it read ahead: that fails
         self.assertEqual(ahead, self.origin.requests[-1])
-        self.assertFalse(presented.files[DISK].present[ahead[1]])
+        self.assertFalse(self.cached.present[ahead[1]])
         self.assertEqual(1, presented.stats.counters["fetch_failures"])
         self.origin.failing = set()
         self.read(presented, ahead)
-        self.assertTrue(presented.files[DISK].present[ahead[1]])
+        self.assertTrue(self.cached.present[ahead[1]])

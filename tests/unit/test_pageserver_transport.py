@@ -71,7 +71,7 @@ class TestLocalTransport(testtools.TestCase):
     def test_open_fetch_working_set_release(self):
         reply = self.run_async(self.shared.open(GENERATION_ID, ["c1"], KEY))
         self.assertEqual([2 * CHUNK, 6], reply.file_sizes)
-        self.assertEqual(GENERATION_ID, reply.generation["id"])
+        self.assertEqual(GENERATION_ID, reply.generation.id)
         generation = self.store.load(GENERATION_ID)
         self.assertEqual([("node-b", ["c1"])],
                          [(p.node, p.clones) for p in self.store.peer_references(generation)])
@@ -106,3 +106,35 @@ class TestLocalTransport(testtools.TestCase):
         error = self.assertRaises(transport.Refused, self.run_async,
                                   self.shared.fetch(GENERATION_ID, 0, [0]))
         self.assertIn("has not opened", str(error))
+
+
+class TestOpened(testtools.TestCase):
+    """What a hostile or broken origin answers to OPEN is refused before a
+    node builds anything on it."""
+
+    def valid(self) -> dict:
+        generation = store_mod.Generation(
+            id=GENERATION_ID, source_domain="m", source_uuid="u", created_at="now",
+            memory_bytes=CHUNK, vcpus=1, machine_type="pc", main_block="pc.ram",
+            chunk_size_bytes=CHUNK, chunks=[None], device_stream_sha256="0" * 64,
+            disks=[], domain_xml="<domain/>", pause_ms=1.0, has_genid=True)
+        return {"generation": generation.to_json(), "file_sizes": [CHUNK, 10]}
+
+    def test_a_valid_answer(self):
+        opened = transport.Opened.from_json(self.valid())
+        self.assertEqual(GENERATION_ID, opened.generation.id)
+        self.assertEqual("", opened.generation.directory)
+        self.assertEqual([CHUNK, 10], opened.file_sizes)
+
+    def test_malformed_answers(self):
+        cases = {"not an object": [],
+                 "no generation": {"file_sizes": [1, 2]},
+                 "generation not an object": {"generation": "x", "file_sizes": [1, 2]},
+                 "missing key": self.valid() | {"generation": {"id": GENERATION_ID}},
+                 "unknown key": self.valid() | {"generation": {
+                     **self.valid()["generation"], "directory": "/etc"}},
+                 "sizes not a list": self.valid() | {"file_sizes": 3},
+                 "negative size": self.valid() | {"file_sizes": [CHUNK, -1]}}
+        for case, reply in cases.items():
+            error = self.assertRaises(transport.Malformed, transport.Opened.from_json, reply)
+            self.assertIn("bad OPEN answer", str(error), case)

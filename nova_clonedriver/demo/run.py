@@ -29,14 +29,14 @@ import uuid
 
 import libvirt
 
+from nova_clonedriver.demo import agent as agent_mod
+from nova_clonedriver.demo import localnode
+from nova_clonedriver.demo import pki as pki_mod
+from nova_clonedriver.demo import testguest
 from nova_clonedriver.engine import api
 from nova_clonedriver.engine import hostmem
 from nova_clonedriver.engine import store as store_mod
-from nova_clonedriver.guest import agent as agent_mod
-from nova_clonedriver.guest import testguest
 from nova_clonedriver.pageserver import control
-from nova_clonedriver.pageserver import localnode
-from nova_clonedriver.pageserver import pki as pki_mod
 
 PATTERN_HEADROOM_MIB = 24  # left to the guest kernel so the agent is not OOM-killed
 PATTERN_SEED = 20091

@@ -16,8 +16,8 @@ import subprocess
 import sys
 import time
 
+from nova_clonedriver.demo import pki as pki_mod
 from nova_clonedriver.pageserver import control
-from nova_clonedriver.pageserver import pki as pki_mod
 
 DAEMON = (sys.executable, "-m", "nova_clonedriver.cmd.pageserver")
 

@@ -15,7 +15,7 @@ from xml.sax.saxutils import escape
 
 import libvirt
 
-from nova_clonedriver.guest import agent as agent_mod
+from nova_clonedriver.demo import agent as agent_mod
 
 CONSOLE_LOG = "console.log"
 AGENT_SOCKET = "agent.sock"
@@ -27,10 +27,14 @@ class TestGuestMissing(RuntimeError):
 
 
 def guest_dir_default() -> str:
-    """build/guest of the checkout, or $NOVA_CLONE_GUEST_DIR."""
-    if os.environ.get("NOVA_CLONE_GUEST_DIR"):
-        return os.environ["NOVA_CLONE_GUEST_DIR"]
-    return os.path.join(os.getcwd(), "build", "guest")
+    """$NOVA_CLONE_GUEST_DIR: where tools/build-guest.sh put the test guest
+    (an installed package does not know where a checkout is)."""
+    guest_dir = os.environ.get("NOVA_CLONE_GUEST_DIR")
+    if not guest_dir:
+        raise TestGuestMissing("no test guest given: build it with tools/build-guest.sh "
+                               "and pass its folder (build/guest of the checkout) with "
+                               "--guest-dir or $NOVA_CLONE_GUEST_DIR")
+    return guest_dir
 
 
 def agent_in(directory: str) -> agent_mod.AgentClient:
