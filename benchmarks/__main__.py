@@ -25,20 +25,26 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run one scenario")
-    run.add_argument("scenario", choices=["start", "burst", "divergence", "pause", "demo",
-                                          "nova", "remote"])
+    run.add_argument(
+        "scenario", choices=["start", "burst", "divergence", "pause", "demo", "nova", "remote"]
+    )
     run.add_argument("--memory-mb", type=int, default=256)
     run.add_argument("--repeat", type=int, default=5, help="start, pause: rounds")
     run.add_argument("--counts", type=_ints, default=[1, 4, 16], help="burst: N list")
     run.add_argument("--no-ksm", action="store_true", help="burst: skip the KSM baseline")
-    run.add_argument("--clones", type=int, default=4,
-                     help="divergence, demo: clones; nova: servers per request")
+    run.add_argument(
+        "--clones", type=int, default=4, help="divergence, demo: clones; nova: servers per request"
+    )
     run.add_argument("--percents", type=_ints, default=[1, 10, 50], help="divergence")
     run.add_argument("--sizes", type=_ints, default=[256, 1024], help="pause: MiB list")
-    run.add_argument("--delays", type=_ints, default=[0, 5],
-                     help="remote: link delays, ms each way")
-    run.add_argument("--record", action="store_true",
-                     help="also keep the result for the docs (doc/source/benchmarks)")
+    run.add_argument(
+        "--delays", type=_ints, default=[0, 5], help="remote: link delays, ms each way"
+    )
+    run.add_argument(
+        "--record",
+        action="store_true",
+        help="also keep the result for the docs (doc/source/benchmarks)",
+    )
     run.add_argument("--json", action="store_true", help="print the result as JSON")
     sub.add_parser("report", help="rewrite doc/source/benchmarks.rst from recorded results")
     sub.add_parser("plot", help="draw PNG plots of recorded results (needs matplotlib)")
@@ -49,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "plot":
         from benchmarks import plot
+
         print("\n".join(plot.write_all()))
         return 0
     started = datetime.datetime.now(datetime.timezone.utc)
@@ -62,17 +69,22 @@ def main(argv: list[str] | None = None) -> int:
         data = scenarios.bless_pause(args.sizes, args.repeat)
     elif args.scenario == "remote":
         from benchmarks import remote
+
         data = remote.run(args.memory_mb, args.delays)
     elif args.scenario == "nova":
         from benchmarks import nova_boot  # eventlet-patches this process
+
         data = nova_boot.run(args.clones)
     else:
         data = scenarios.demo(args.memory_mb, args.clones)
-    result = {"scenario": args.scenario, "memory_mib": args.memory_mb,
-              "command": "python -m benchmarks " + shlex.join(sys.argv[1:] if argv is None
-                                                               else argv),
-              "started_at": started.isoformat(timespec="seconds"),
-              "machine": common.machine(), "result": data}
+    result = {
+        "scenario": args.scenario,
+        "memory_mib": args.memory_mb,
+        "command": "python -m benchmarks " + shlex.join(sys.argv[1:] if argv is None else argv),
+        "started_at": started.isoformat(timespec="seconds"),
+        "machine": common.machine(),
+        "result": data,
+    }
     name = f"{args.scenario}-{args.memory_mb}.json"
     for directory in [RESULTS_DIR] + ([RECORDED_DIR] if args.record else []):
         os.makedirs(directory, exist_ok=True)

@@ -24,31 +24,44 @@ from nova_clonedriver.engine import savefile
 
 STATE_DIR = "/var/lib/nova-clonedriver-bench"
 # Run from a checkout: its test guest, unless told otherwise.
-os.environ.setdefault("NOVA_CLONE_GUEST_DIR", os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "build", "guest"))
+os.environ.setdefault(
+    "NOVA_CLONE_GUEST_DIR",
+    os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "build", "guest"),
+)
 PATTERN_SEED = 777
 
 
 def summary(values: list[float]) -> dict[str, float]:
     """Median and spread of repeated measurements."""
-    return {"median": round(statistics.median(values), 1),
-            "min": round(min(values), 1), "max": round(max(values), 1),
-            "stdev": round(statistics.stdev(values), 1) if len(values) > 1 else 0.0,
-            "n": len(values)}
+    return {
+        "median": round(statistics.median(values), 1),
+        "min": round(min(values), 1),
+        "max": round(max(values), 1),
+        "stdev": round(statistics.stdev(values), 1) if len(values) > 1 else 0.0,
+        "n": len(values),
+    }
 
 
 def machine() -> dict[str, Any]:
     with open("/proc/meminfo") as f:
         mem_kib = int(f.readline().split()[1])
     with open("/proc/cpuinfo") as f:
-        cpu = next((line.split(":", 1)[1].strip() for line in f
-                    if line.startswith("model name")), "unknown")
-    qemu = subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True,
-                          text=True).stdout.splitlines()[0]
-    return {"cores": os.cpu_count(), "memory_gib": round(mem_kib / 2**20, 1), "cpu": cpu,
-            "accelerator": "TCG (domain type qemu)", "qemu": qemu,
-            "libvirt": ".".join(str(libvirt.getVersion() // 10**k % 1000) for k in (6, 3, 0)),
-            "kernel": platform.release()}
+        cpu = next(
+            (line.split(":", 1)[1].strip() for line in f if line.startswith("model name")),
+            "unknown",
+        )
+    qemu = subprocess.run(
+        ["qemu-system-x86_64", "--version"], capture_output=True, text=True
+    ).stdout.splitlines()[0]
+    return {
+        "cores": os.cpu_count(),
+        "memory_gib": round(mem_kib / 2**20, 1),
+        "cpu": cpu,
+        "accelerator": "TCG (domain type qemu)",
+        "qemu": qemu,
+        "libvirt": ".".join(str(libvirt.getVersion() // 10**k % 1000) for k in (6, 3, 0)),
+        "kernel": platform.release(),
+    }
 
 
 def domain_pid(name: str) -> int:
@@ -58,8 +71,11 @@ def domain_pid(name: str) -> int:
 
 
 def libvirtd_pid() -> int:
-    return int(subprocess.run(["pgrep", "-o", "-x", "libvirtd"], check=True,
-                              capture_output=True, text=True).stdout)
+    return int(
+        subprocess.run(
+            ["pgrep", "-o", "-x", "libvirtd"], check=True, capture_output=True, text=True
+        ).stdout
+    )
 
 
 def cpu_ms(pid: int) -> float:
@@ -98,8 +114,7 @@ class Bench:
 
     def master(self, memory_mib: int, name: str = "master") -> Master:
         workdir = os.path.join(self.state_dir, name)
-        domain, client = testguest.boot(self.conn, f"{self.prefix}-{name}", memory_mib,
-                                        workdir)
+        domain, client = testguest.boot(self.conn, f"{self.prefix}-{name}", memory_mib, workdir)
         pattern = pattern_size_mib(client)
         checksum = client.request("fill", pattern, PATTERN_SEED)["checksum"]
         return Master(domain, client, workdir, memory_mib, pattern, checksum)
@@ -107,8 +122,9 @@ class Bench:
     def cold_boot_ms(self, memory_mib: int, name: str) -> float:
         """Boot the same guest from scratch until its agent answers."""
         started = time.monotonic()
-        domain, client = testguest.boot(self.conn, f"{self.prefix}-{name}", memory_mib,
-                                        os.path.join(self.state_dir, name))
+        domain, client = testguest.boot(
+            self.conn, f"{self.prefix}-{name}", memory_mib, os.path.join(self.state_dir, name)
+        )
         elapsed = (time.monotonic() - started) * 1000
         client.close()
         domain.destroy()
@@ -146,9 +162,18 @@ class EagerCopies:
             os.makedirs(directory)
             os.chmod(directory, 0o711)
             name = f"{self.bench.prefix}-eager-{clone_uuid[:8]}"
-            xml = domainxml.clone_xml(self.xml, domainxml.CloneIdentity(
-                name=name, uuid=clone_uuid, genid=str(uuid.uuid4()), directory=directory,
-                overlays={}), None, 0)
+            xml = domainxml.clone_xml(
+                self.xml,
+                domainxml.CloneIdentity(
+                    name=name,
+                    uuid=clone_uuid,
+                    genid=str(uuid.uuid4()),
+                    directory=directory,
+                    overlays={},
+                ),
+                None,
+                0,
+            )
             xml = _shared_readonly_disks(xml)
             path = os.path.join(directory, "eager.save")
             with open(path, "wb") as out, open(self.master_save, "rb") as full:
@@ -165,8 +190,7 @@ class EagerCopies:
 
     @staticmethod
     def agent(path: str) -> agent_mod.AgentClient:
-        return agent_mod.AgentClient(os.path.join(os.path.dirname(path),
-                                                  testguest.AGENT_SOCKET))
+        return agent_mod.AgentClient(os.path.join(os.path.dirname(path), testguest.AGENT_SOCKET))
 
 
 def _shared_readonly_disks(xml: str) -> str:
@@ -177,4 +201,3 @@ def _shared_readonly_disks(xml: str) -> str:
         if disk.find("readonly") is None:
             disk.append(domainxml.ET.Element("readonly"))
     return domainxml.to_string(root)
-

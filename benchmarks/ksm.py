@@ -56,13 +56,17 @@ def merge_until_converged(timeout_s: float = 600, stable_s: float = 10) -> dict[
         sharing = _read("pages_sharing")
         if sharing > last * 1.01:
             last, last_change = sharing, time.monotonic()
-        elif (time.monotonic() - last_change >= stable_s
-              and _read("full_scans") - scans_before >= 2):
+        elif (
+            time.monotonic() - last_change >= stable_s and _read("full_scans") - scans_before >= 2
+        ):
             converged = True
             break
-    return {"seconds": round(last_change - started, 1), "converged": converged,
-            "ksmd_cpu_s": round(_ksmd_cpu_s() - cpu_before, 1),
-            "pages_sharing": _read("pages_sharing")}
+    return {
+        "seconds": round(last_change - started, 1),
+        "converged": converged,
+        "ksmd_cpu_s": round(_ksmd_cpu_s() - cpu_before, 1),
+        "pages_sharing": _read("pages_sharing"),
+    }
 
 
 def stop() -> None:

@@ -41,15 +41,17 @@ class DelayProxy:
         self._server = await asyncio.start_server(self._connection, "127.0.0.1", 0)
         return self._server.sockets[0].getsockname()[1]
 
-    async def _connection(self, client_reader: asyncio.StreamReader,
-                          client_writer: asyncio.StreamWriter) -> None:
+    async def _connection(
+        self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter
+    ) -> None:
         try:
             server_reader, server_writer = await asyncio.open_connection(*self._target)
         except OSError:
             client_writer.close()
             return
-        await asyncio.gather(self._pipe(client_reader, server_writer),
-                             self._pipe(server_reader, client_writer))
+        await asyncio.gather(
+            self._pipe(client_reader, server_writer), self._pipe(server_reader, client_writer)
+        )
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
@@ -80,12 +82,12 @@ class DelayProxy:
         self._loop.call_soon_threadsafe(self._loop.stop)
 
 
-def stream_mib_per_s(host: str, port: int, context: ssl.SSLContext | None,
-                     server_hostname: str) -> float:
+def stream_mib_per_s(
+    host: str, port: int, context: ssl.SSLContext | None, server_hostname: str
+) -> float:
     """Read the whole stream the server sends; its rate."""
     with socket.create_connection((host, port), timeout=120) as raw:
-        sock = (context.wrap_socket(raw, server_hostname=server_hostname)
-                if context else raw)
+        sock = context.wrap_socket(raw, server_hostname=server_hostname) if context else raw
         started = time.monotonic()
         received = 0
         while data := sock.recv(BLOCK_BYTES):

@@ -36,9 +36,9 @@ class NovaBootBenchmark(test_nova_api.TestLiveClonesThroughNovaAPI):
             failed = [s for s in servers if s["status"] == "ERROR"]
             if failed:
                 raise RuntimeError(f"{failed[0]['id']} went ERROR: {failed[0].get('fault')}")
-            done = len(servers) == self.count and all(s["status"] == "ACTIVE"
-                                                     for s in servers)
+            done = len(servers) == self.count and all(s["status"] == "ACTIVE" for s in servers)
             return servers if done else None
+
         servers = test_nova_api._wait(all_active, 600, lambda: f"{name} not all ACTIVE")
         return time.monotonic() - started, [s["id"] for s in servers]
 
@@ -53,22 +53,33 @@ class NovaBootBenchmark(test_nova_api.TestLiveClonesThroughNovaAPI):
         master = self._boot("master", self.image_id, normal)
         self._wait_status(master["id"], "ACTIVE")
         self._wait_heartbeat(master["id"])
-        image_id = self.api.post_server_action(master["id"], {"createImage": {
-            "name": "master-live", "metadata": {"clone_live": "true"}}})["image_id"]
+        image_id = self.api.post_server_action(
+            master["id"],
+            {"createImage": {"name": "master-live", "metadata": {"clone_live": "true"}}},
+        )["image_id"]
         test_nova_api._wait(
-            lambda: self.glance.show(None, image_id)["status"] == "active", 120,
-            lambda: "live image not active")
+            lambda: self.glance.show(None, image_id)["status"] == "active",
+            120,
+            lambda: "live image not active",
+        )
         self._wait_for_server_parameter(master, {"OS-EXT-STS:task_state": None})
 
         rows = []
-        for label, image, flavor in (("clones", image_id, clone_flavor),
-                                     ("normal boots", self.image_id, normal)):
+        for label, image, flavor in (
+            ("clones", image_id, clone_flavor),
+            ("normal boots", self.image_id, normal),
+        ):
             started = time.monotonic()
             active_s, ids = self._all_active_s(image, flavor, label.split()[0])
             running_s = self._all_heartbeating_s(ids, started)
-            rows.append({"method": label, "count": self.count,
-                         "post_to_all_active_s": round(active_s, 1),
-                         "post_to_all_guests_running_s": round(running_s, 1)})
+            rows.append(
+                {
+                    "method": label,
+                    "count": self.count,
+                    "post_to_all_active_s": round(active_s, 1),
+                    "post_to_all_guests_running_s": round(running_s, 1),
+                }
+            )
             for server_id in ids:
                 self.api.delete_server(server_id)
             self._wait_gone(ids, timeout_s=300)

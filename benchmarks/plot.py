@@ -17,20 +17,32 @@ def burst(result: dict[str, Any], axes: Any) -> None:
     rows = result["result"]["rows"]
     counts = [r["count"] for r in rows]
     left, right = axes
-    for key, label in (("clone_host_mib_idle", "clones (idle)"),
-                       ("clone_host_mib_after_read", "clones (all read their pattern)"),
-                       ("eager_host_mib", "eager restores"),
-                       ("ksm_host_mib", "eager restores + KSM (converged)")):
+    for key, label in (
+        ("clone_host_mib_idle", "clones (idle)"),
+        ("clone_host_mib_after_read", "clones (all read their pattern)"),
+        ("eager_host_mib", "eager restores"),
+        ("ksm_host_mib", "eager restores + KSM (converged)"),
+    ):
         points = [(r["count"], r[key]) for r in rows if key in r]
         left.plot(*zip(*points, strict=True), marker="o", label=label)
     left.plot(counts, [r["guest_memory_mib"] for r in rows], "k--", label="guest memory seen")
-    left.set(xlabel="VMs launched at once", ylabel="host MiB (PSS)", xscale="log",
-             xticks=counts, xticklabels=[str(c) for c in counts])
+    left.set(
+        xlabel="VMs launched at once",
+        ylabel="host MiB (PSS)",
+        xscale="log",
+        xticks=counts,
+        xticklabels=[str(c) for c in counts],
+    )
     left.legend(fontsize="small")
     for key, label in (("clone_all_ready_ms", "clones"), ("eager_all_ready_ms", "eager")):
         right.plot(counts, [r[key] / 1000 for r in rows], marker="o", label=label)
-    right.set(xlabel="VMs launched at once", ylabel="s until all run their agent",
-              xscale="log", xticks=counts, xticklabels=[str(c) for c in counts])
+    right.set(
+        xlabel="VMs launched at once",
+        ylabel="s until all run their agent",
+        xscale="log",
+        xticks=counts,
+        xticklabels=[str(c) for c in counts],
+    )
     right.legend(fontsize="small")
 
 
@@ -40,20 +52,36 @@ def remote(result: dict[str, Any], axes: Any) -> None:
     labels = [f"{r['prefetch']}\n{r['delay_ms']} ms" for r in rows]
     left, right = axes
     positions = range(len(rows))
-    left.bar([p - 0.2 for p in positions], [r["attach_ms"] for r in rows], 0.4,
-             label="attach (incl. prefetch)")
-    left.bar([p + 0.2 for p in positions], [r["first_clone"]["start_ms"] for r in rows],
-             0.4, label="1st clone: launch to agent")
-    left.axhline(data["local_clone"]["start_ms"], color="k", linestyle="--",
-                 label="local clone on the origin")
+    left.bar(
+        [p - 0.2 for p in positions],
+        [r["attach_ms"] for r in rows],
+        0.4,
+        label="attach (incl. prefetch)",
+    )
+    left.bar(
+        [p + 0.2 for p in positions],
+        [r["first_clone"]["start_ms"] for r in rows],
+        0.4,
+        label="1st clone: launch to agent",
+    )
+    left.axhline(
+        data["local_clone"]["start_ms"],
+        color="k",
+        linestyle="--",
+        label="local clone on the origin",
+    )
     left.set(ylabel="ms", xticks=list(positions), xticklabels=labels)
     left.legend(fontsize="small")
     for which, offset in (("first_clone", -0.2), ("second_clone", 0.2)):
-        right.bar([p + offset for p in positions],
-                  [r[which]["read_pattern_ms"] for r in rows], 0.4,
-                  label=f"{which.replace('_', ' ')}: read whole pattern")
-    right.axhline(data["local_clone"]["read_pattern_ms"], color="k", linestyle="--",
-                  label="local clone")
+        right.bar(
+            [p + offset for p in positions],
+            [r[which]["read_pattern_ms"] for r in rows],
+            0.4,
+            label=f"{which.replace('_', ' ')}: read whole pattern",
+        )
+    right.axhline(
+        data["local_clone"]["read_pattern_ms"], color="k", linestyle="--", label="local clone"
+    )
     right.set(ylabel="ms", xticks=list(positions), xticklabels=labels)
     right.legend(fontsize="small")
 
@@ -64,6 +92,7 @@ assert set(PLOTTERS) == set(report.PLOTTED)
 
 def write_all() -> list[str]:
     import matplotlib
+
     matplotlib.use("Agg")
     from matplotlib import pyplot
 
@@ -77,8 +106,10 @@ def write_all() -> list[str]:
             result = json.load(f)
         figure, axes = pyplot.subplots(1, 2, figsize=(12, 4.5))
         PLOTTERS[kind](result, axes)
-        figure.suptitle(f"{report.TITLES[kind]}, {result['memory_mib']} MiB master "
-                        f"({result['machine']['cores']} cores, TCG)")
+        figure.suptitle(
+            f"{report.TITLES[kind]}, {result['memory_mib']} MiB master "
+            f"({result['machine']['cores']} cores, TCG)"
+        )
         figure.tight_layout()
         path = os.path.join(PLOTS_DIR, os.path.splitext(name)[0] + ".png")
         figure.savefig(path, dpi=80)

@@ -47,12 +47,23 @@ def run(memory_mib: int, delays_ms: list[int]) -> dict[str, Any]:
         bench.close()
 
 
-def _measure(bench: common.Bench, origin_host: netns.Host, nodes: list[localnode.LocalNode],
-             memory_mib: int, delays_ms: list[int]) -> dict[str, Any]:
+def _measure(
+    bench: common.Bench,
+    origin_host: netns.Host,
+    nodes: list[localnode.LocalNode],
+    memory_mib: int,
+    delays_ms: list[int],
+) -> dict[str, Any]:
     root = bench.state_dir
     pki = pki_mod.ThrowawayPKI(os.path.join(root, "pki"))
-    origin = localnode.LocalNode("node-a", root, pki, listen_host=origin_host.address,
-                                   wrapper=origin_host.wrapper, state_dir=root)
+    origin = localnode.LocalNode(
+        "node-a",
+        root,
+        pki,
+        listen_host=origin_host.address,
+        wrapper=origin_host.wrapper,
+        state_dir=root,
+    )
     origin.start()
     nodes.append(origin)
     master = bench.master(memory_mib)
@@ -67,25 +78,45 @@ def _measure(bench: common.Bench, origin_host: netns.Host, nodes: list[localnode
                 for name, port in [("page service", origin.port), *streams["ports"]]:
                     proxies[name] = link.DelayProxy(origin_host.address, port, delay_ms)
             try:
-                rows += _delay_rows(bench, root, pki, nodes, origin_host, origin, generation,
-                                    delay_ms, proxies, streams)
+                rows += _delay_rows(
+                    bench,
+                    root,
+                    pki,
+                    nodes,
+                    origin_host,
+                    origin,
+                    generation,
+                    delay_ms,
+                    proxies,
+                    streams,
+                )
             finally:
                 for proxy in proxies.values():
                     proxy.close()
     finally:
         for server in streams["servers"]:
             server.kill()
-    return {"pattern_mib": master.pattern_mib, "local_clone": local, "rows": rows,
-            "link": "origin in its own network namespace (veth on a bridge); delay by "
-                    "a user-space proxy (no sch_netem in this kernel), each direction"}
+    return {
+        "pattern_mib": master.pattern_mib,
+        "local_clone": local,
+        "rows": rows,
+        "link": "origin in its own network namespace (veth on a bridge); delay by "
+        "a user-space proxy (no sch_netem in this kernel), each direction",
+    }
 
 
-def _delay_rows(bench: common.Bench, root: str, pki: pki_mod.ThrowawayPKI,
-                nodes: list[localnode.LocalNode], origin_host: netns.Host,
-                origin: localnode.LocalNode,
-                generation: api.Generation, delay_ms: int,
-                proxies: dict[str, link.DelayProxy], streams: dict[str, Any]
-                ) -> list[dict[str, Any]]:
+def _delay_rows(
+    bench: common.Bench,
+    root: str,
+    pki: pki_mod.ThrowawayPKI,
+    nodes: list[localnode.LocalNode],
+    origin_host: netns.Host,
+    origin: localnode.LocalNode,
+    generation: api.Generation,
+    delay_ms: int,
+    proxies: dict[str, link.DelayProxy],
+    streams: dict[str, Any],
+) -> list[dict[str, Any]]:
     def address(name: str, port: int) -> tuple[str, int]:
         return ("127.0.0.1", proxies[name].port) if delay_ms else (origin_host.address, port)
 
@@ -96,33 +127,47 @@ def _delay_rows(bench: common.Bench, root: str, pki: pki_mod.ThrowawayPKI,
     tls_host, tls_port = address("tls", streams["tls"])
     baseline = {
         "tcp_stream_mib_s": link.stream_mib_per_s(tcp_host, tcp_port, None, ""),
-        "tls_stream_mib_s": link.stream_mib_per_s(tls_host, tls_port, context, tls_host)}
+        "tls_stream_mib_s": link.stream_mib_per_s(tls_host, tls_port, context, tls_host),
+    }
     rows = []
     for mode in MODES:
-        node = localnode.LocalNode(f"node-b-{delay_ms}-{mode}", root, pki,
-                                   release_idle_s=3600,
-                                   working_set_window_s=WORKING_SET_WINDOW_S)
+        node = localnode.LocalNode(
+            f"node-b-{delay_ms}-{mode}",
+            root,
+            pki,
+            release_idle_s=3600,
+            working_set_window_s=WORKING_SET_WINDOW_S,
+        )
         node.start()
         nodes.append(node)
         engine = api.CloneEngine(bench.conn, node.state_dir)
         started = time.monotonic()
-        attach = node.client.attach(generation.id, f"{host}:{port}",
-                                    generation.access_key, mode)
-        row: dict[str, Any] = {"delay_ms": delay_ms, "prefetch": mode,
-                               "attach_ms": round((time.monotonic() - started) * 1000, 1),
-                               "prefetched_mib": attach.get("prefetched_mib", 0.0),
-                               **baseline}
+        attach = node.client.attach(generation.id, f"{host}:{port}", generation.access_key, mode)
+        row: dict[str, Any] = {
+            "delay_ms": delay_ms,
+            "prefetch": mode,
+            "attach_ms": round((time.monotonic() - started) * 1000, 1),
+            "prefetched_mib": attach.get("prefetched_mib", 0.0),
+            **baseline,
+        }
         if mode == "full" and attach.get("prefetch_ms"):
             row["prefetch_mib_s"] = round(
-                attach["prefetched_mib"] / attach["prefetch_ms"] * 1000, 1)
+                attach["prefetched_mib"] / attach["prefetch_ms"] * 1000, 1
+            )
         for which in ("first", "second"):
             before = _fetched_mib(node, generation.id)
             # The first clone on the first node defines the working set: let
             # its recording window close before it reads the whole pattern,
             # so the set is what a clone needs to start, not everything.
             recording = mode == "none" and which == "first"
-            result = _clone_run(bench, engine, generation.id, f"{delay_ms}{mode[0]}", node,
-                                settle_s=WORKING_SET_WINDOW_S + 1 if recording else 0)
+            result = _clone_run(
+                bench,
+                engine,
+                generation.id,
+                f"{delay_ms}{mode[0]}",
+                node,
+                settle_s=WORKING_SET_WINDOW_S + 1 if recording else 0,
+            )
             result["fetched_mib_to_start"] = round(result.pop("fetched_mib_at_start") - before, 1)
             result["fetched_mib_total"] = round(_fetched_mib(node, generation.id) - before, 1)
             row[f"{which}_clone"] = result
@@ -138,9 +183,14 @@ def _delay_rows(bench: common.Bench, root: str, pki: pki_mod.ThrowawayPKI,
     return rows
 
 
-def _clone_run(bench: common.Bench, engine: api.CloneEngine, generation_id: str,
-               tag: str, node: localnode.LocalNode | None = None,
-               settle_s: float = 0) -> dict[str, Any]:
+def _clone_run(
+    bench: common.Bench,
+    engine: api.CloneEngine,
+    generation_id: str,
+    tag: str,
+    node: localnode.LocalNode | None = None,
+    settle_s: float = 0,
+) -> dict[str, Any]:
     """Launch one clone: ms to its agent's answer, then (after ``settle_s``)
     to reading the whole pattern, and MiB ``node`` had fetched when it
     answered; the clone is destroyed afterwards."""
@@ -149,8 +199,10 @@ def _clone_run(bench: common.Bench, engine: api.CloneEngine, generation_id: str,
     client = testguest.agent_in(engine.store.clone_dir(clone.uuid))
     try:
         client.wait_ready(timeout_s=600)
-        result = {"start_ms": round((time.monotonic() - started) * 1000, 1),
-                  "running_ms": clone.restore_ms}
+        result = {
+            "start_ms": round((time.monotonic() - started) * 1000, 1),
+            "running_ms": clone.restore_ms,
+        }
         if node is not None:
             result["fetched_mib_at_start"] = _fetched_mib(node, generation_id)
         time.sleep(settle_s)
@@ -168,14 +220,32 @@ def _fetched_mib(node: localnode.LocalNode, generation_id: str) -> float:
     return stats.get("bytes_fetched", 0) / 2**20
 
 
-def _start_stream_servers(origin_host: netns.Host, pki: pki_mod.ThrowawayPKI,
-                          origin: localnode.LocalNode) -> dict[str, Any]:
+def _start_stream_servers(
+    origin_host: netns.Host, pki: pki_mod.ThrowawayPKI, origin: localnode.LocalNode
+) -> dict[str, Any]:
     ports = {"tcp": localnode.free_port(), "tls": localnode.free_port()}
-    command = [*origin_host.wrapper, sys.executable, "-m", "benchmarks.link", "serve",
-               origin_host.address]
+    command = [
+        *origin_host.wrapper,
+        sys.executable,
+        "-m",
+        "benchmarks.link",
+        "serve",
+        origin_host.address,
+    ]
     servers = [
         subprocess.Popen([*command, str(ports["tcp"]), "--mib", str(STREAM_MIB)]),
-        subprocess.Popen([*command, str(ports["tls"]), "--mib", str(STREAM_MIB), "--tls",
-                          origin.cert_file, origin.key_file, pki.ca_file])]
+        subprocess.Popen(
+            [
+                *command,
+                str(ports["tls"]),
+                "--mib",
+                str(STREAM_MIB),
+                "--tls",
+                origin.cert_file,
+                origin.key_file,
+                pki.ca_file,
+            ]
+        ),
+    ]
     time.sleep(1)  # let them listen
     return {**ports, "ports": list(ports.items()), "servers": servers}

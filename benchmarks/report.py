@@ -7,14 +7,21 @@ import json
 import os
 from typing import Any
 
-DOC_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                       "doc", "source")
+DOC_DIR = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "doc", "source"
+)
 RECORDED_DIR = os.path.join(DOC_DIR, "benchmarks")
 PAGE = os.path.join(DOC_DIR, "benchmarks.rst")
 
-TITLES = {"start": "Start latency", "burst": "Burst and density",
-          "divergence": "Divergence", "pause": "Bless pause", "demo": "The demo",
-          "nova": "Through nova", "remote": "Remote clones"}
+TITLES = {
+    "start": "Start latency",
+    "burst": "Burst and density",
+    "divergence": "Divergence",
+    "pause": "Bless pause",
+    "demo": "The demo",
+    "nova": "Through nova",
+    "remote": "Remote clones",
+}
 
 
 PLOTTED = ("burst", "remote")
@@ -36,86 +43,175 @@ def table(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     kind = result["scenario"]
     if kind == "start":
         clone = data["clone_to_agent_ms"]["median"]
-        rows = [[label, _spread(data[key]), f"{data[key]['median'] / clone:.2f}"]
-                for label, key in (("clone (launch to agent answer)", "clone_to_agent_ms"),
-                                   ("eager restore of a full save", "eager_restore_to_agent_ms"),
-                                   ("cold boot", "cold_boot_to_agent_ms"))]
+        rows = [
+            [label, _spread(data[key]), f"{data[key]['median'] / clone:.2f}"]
+            for label, key in (
+                ("clone (launch to agent answer)", "clone_to_agent_ms"),
+                ("eager restore of a full save", "eager_restore_to_agent_ms"),
+                ("cold boot", "cold_boot_to_agent_ms"),
+            )
+        ]
         rows.append(["clone (launch to running)", _spread(data["clone_running_ms"]), "1.00"])
         if "eager_restore_running_ms" in data:  # recorded since 2026-12-02
             running = data["clone_running_ms"]["median"]
-            rows.append(["eager restore (to running)", _spread(data["eager_restore_running_ms"]),
-                         f"{data['eager_restore_running_ms']['median'] / running:.2f}"])
-            rows.append(["clone start phases: " + " / ".join(data["clone_phases_ms"]),
-                         " / ".join(f"{v:.0f}" for v in data["clone_phases_ms"].values()), ""])
+            rows.append(
+                [
+                    "eager restore (to running)",
+                    _spread(data["eager_restore_running_ms"]),
+                    f"{data['eager_restore_running_ms']['median'] / running:.2f}",
+                ]
+            )
+            rows.append(
+                [
+                    "clone start phases: " + " / ".join(data["clone_phases_ms"]),
+                    " / ".join(f"{v:.0f}" for v in data["clone_phases_ms"].values()),
+                    "",
+                ]
+            )
             cpu = data["clone_cpu"]
-            rows.append(["host CPU ms of one clone: libvirtd / QEMU until running / "
-                         f"its first {cpu['settle_s']:.0f} s running",
-                         f"{cpu['libvirtd_ms']} / {cpu['qemu_to_running_ms']} / "
-                         f"{cpu['guest_settle_ms']}", ""])
+            rows.append(
+                [
+                    "host CPU ms of one clone: libvirtd / QEMU until running / "
+                    f"its first {cpu['settle_s']:.0f} s running",
+                    f"{cpu['libvirtd_ms']} / {cpu['qemu_to_running_ms']} / "
+                    f"{cpu['guest_settle_ms']}",
+                    "",
+                ]
+            )
             rows.append(["host CPU % of an idle clone", f"{cpu['idle_percent']}", ""])
         return ["method", "ms: median (min-max)", "x clone"], rows
     if kind == "burst":
-        header = ["N", "guest MiB", "clones all running ms (x N=1)", "clones all ready ms",
-                  "clones host MiB (idle / all read)",
-                  "eager all ready ms", "eager host MiB", "eager+KSM host MiB",
-                  "KSM converge s / ksmd CPU s", "oversubscription clones (all read)"]
+        header = [
+            "N",
+            "guest MiB",
+            "clones all running ms (x N=1)",
+            "clones all ready ms",
+            "clones host MiB (idle / all read)",
+            "eager all ready ms",
+            "eager host MiB",
+            "eager+KSM host MiB",
+            "KSM converge s / ksmd CPU s",
+            "oversubscription clones (all read)",
+        ]
         rows = []
         one = next((r["clone_all_running_ms"] for r in data["rows"] if r["count"] == 1), None)
         for row in data["rows"]:
             running = f"{row['clone_all_running_ms']:.0f}"
-            rows.append([
-                str(row["count"]), str(row["guest_memory_mib"]),
-                f"{running} ({row['clone_all_running_ms'] / one:.1f}x)" if one else running,
-                f"{row['clone_all_ready_ms']:.0f}",
-                f"{row['clone_host_mib_idle']:.0f} / {row['clone_host_mib_after_read']:.0f}",
-                f"{row['eager_all_ready_ms']:.0f}", f"{row['eager_host_mib']:.0f}",
-                f"{row['ksm_host_mib']:.0f}" if "ksm_host_mib" in row else "-",
-                _ksm_time(row),
-                f"{row['guest_memory_mib'] / row['clone_host_mib_after_read']:.1f}x"])
+            rows.append(
+                [
+                    str(row["count"]),
+                    str(row["guest_memory_mib"]),
+                    f"{running} ({row['clone_all_running_ms'] / one:.1f}x)" if one else running,
+                    f"{row['clone_all_ready_ms']:.0f}",
+                    f"{row['clone_host_mib_idle']:.0f} / {row['clone_host_mib_after_read']:.0f}",
+                    f"{row['eager_all_ready_ms']:.0f}",
+                    f"{row['eager_host_mib']:.0f}",
+                    f"{row['ksm_host_mib']:.0f}" if "ksm_host_mib" in row else "-",
+                    _ksm_time(row),
+                    f"{row['guest_memory_mib'] / row['clone_host_mib_after_read']:.1f}x",
+                ]
+            )
         return header, rows
     if kind == "divergence":
-        return (["rewritten %", "host MiB per clone"],
-                [[str(r["percent"]), f"{r['host_mib_per_clone']:.1f}"] for r in data["rows"]])
+        return (
+            ["rewritten %", "host MiB per clone"],
+            [[str(r["percent"]), f"{r['host_mib_per_clone']:.1f}"] for r in data["rows"]],
+        )
     if kind == "pause":
-        return (["guest MiB", "pattern MiB", "master pause ms", "whole bless ms"],
-                [[str(r["memory_mib"]), str(r["pattern_mib"]), _spread(r["pause_ms"]),
-                  _spread(r["bless_total_ms"])] for r in data["rows"]])
+        return (
+            ["guest MiB", "pattern MiB", "master pause ms", "whole bless ms"],
+            [
+                [
+                    str(r["memory_mib"]),
+                    str(r["pattern_mib"]),
+                    _spread(r["pause_ms"]),
+                    _spread(r["bless_total_ms"]),
+                ]
+                for r in data["rows"]
+            ],
+        )
     if kind == "demo":
-        return (["first clone ms", "eager restore ms", "ratio", "median of N ms",
-                 "bless pause ms", "host MiB per clone", "oversubscription"],
-                [[f"{data['first_clone_start_ms']:.0f}", f"{data['eager_restore_ms']:.0f}",
-                  f"{data['eager_to_clone_ratio']}", f"{data['clone_start_median_ms']:.0f}",
-                  f"{data['bless_pause_ms']}", f"{data['host_memory_mib_per_clone']}",
-                  f"{data['oversubscription']}x"]])
+        return (
+            [
+                "first clone ms",
+                "eager restore ms",
+                "ratio",
+                "median of N ms",
+                "bless pause ms",
+                "host MiB per clone",
+                "oversubscription",
+            ],
+            [
+                [
+                    f"{data['first_clone_start_ms']:.0f}",
+                    f"{data['eager_restore_ms']:.0f}",
+                    f"{data['eager_to_clone_ratio']}",
+                    f"{data['clone_start_median_ms']:.0f}",
+                    f"{data['bless_pause_ms']}",
+                    f"{data['host_memory_mib_per_clone']}",
+                    f"{data['oversubscription']}x",
+                ]
+            ],
+        )
     if kind == "nova":
         clones_s = data["rows"][0]["post_to_all_guests_running_s"]
-        return (["method", "servers", "POST to all ACTIVE s", "POST to all guests running s",
-                 "x clones (running)"],
-                [[r["method"], str(r["count"]), f"{r['post_to_all_active_s']}",
-                  f"{r['post_to_all_guests_running_s']}",
-                  f"{r['post_to_all_guests_running_s'] / clones_s:.2f}"]
-                 for r in data["rows"]])
+        return (
+            [
+                "method",
+                "servers",
+                "POST to all ACTIVE s",
+                "POST to all guests running s",
+                "x clones (running)",
+            ],
+            [
+                [
+                    r["method"],
+                    str(r["count"]),
+                    f"{r['post_to_all_active_s']}",
+                    f"{r['post_to_all_guests_running_s']}",
+                    f"{r['post_to_all_guests_running_s'] / clones_s:.2f}",
+                ]
+                for r in data["rows"]
+            ],
+        )
     if kind == "remote":
         local = data["local_clone"]
-        header = ["delay ms each way", "prefetch", "attach ms (MiB prefetched)",
-                  "1st clone: start ms / MiB fetched to start / read pattern ms",
-                  "2nd clone: start ms / MiB fetched / read pattern ms",
-                  "fetch p50 / p99 ms", "bulk MiB/s: prefetch / TCP / TLS"]
-        rows = [["-", "local clone on the origin", "-",
-                 f"{local['start_ms']:.0f} / 0 / {local['read_pattern_ms']:.0f}", "-", "-",
-                 "-"]]
+        header = [
+            "delay ms each way",
+            "prefetch",
+            "attach ms (MiB prefetched)",
+            "1st clone: start ms / MiB fetched to start / read pattern ms",
+            "2nd clone: start ms / MiB fetched / read pattern ms",
+            "fetch p50 / p99 ms",
+            "bulk MiB/s: prefetch / TCP / TLS",
+        ]
+        rows = [
+            [
+                "-",
+                "local clone on the origin",
+                "-",
+                f"{local['start_ms']:.0f} / 0 / {local['read_pattern_ms']:.0f}",
+                "-",
+                "-",
+                "-",
+            ]
+        ]
         for r in data["rows"]:
             first, second, latency = r["first_clone"], r["second_clone"], r["fetch_latency_ms"]
-            rows.append([
-                str(r["delay_ms"]), r["prefetch"],
-                f"{r['attach_ms']:.0f} ({r['prefetched_mib']})",
-                f"{first['start_ms']:.0f} / {first['fetched_mib_to_start']} / "
-                f"{first['read_pattern_ms']:.0f}",
-                f"{second['start_ms']:.0f} / {second['fetched_mib_total']} / "
-                f"{second['read_pattern_ms']:.0f}",
-                f"{latency.get('p50', '-')} / {latency.get('p99', '-')}",
-                f"{r.get('prefetch_mib_s', '-')} / {r['tcp_stream_mib_s']} / "
-                f"{r['tls_stream_mib_s']}"])
+            rows.append(
+                [
+                    str(r["delay_ms"]),
+                    r["prefetch"],
+                    f"{r['attach_ms']:.0f} ({r['prefetched_mib']})",
+                    f"{first['start_ms']:.0f} / {first['fetched_mib_to_start']} / "
+                    f"{first['read_pattern_ms']:.0f}",
+                    f"{second['start_ms']:.0f} / {second['fetched_mib_total']} / "
+                    f"{second['read_pattern_ms']:.0f}",
+                    f"{latency.get('p50', '-')} / {latency.get('p99', '-')}",
+                    f"{r.get('prefetch_mib_s', '-')} / {r['tcp_stream_mib_s']} / "
+                    f"{r['tls_stream_mib_s']}",
+                ]
+            )
         return header, rows
     raise ValueError(f"unknown scenario {kind}")
 
@@ -123,10 +219,13 @@ def table(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 def render_one(result: dict[str, Any]) -> str:
     header, rows = table(result)
     widths = [max(len(c) for c in column) for column in zip(header, *rows, strict=True)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True))
-             for line in [header, *rows]]
-    return "\n".join([f"{result['scenario']} ({result['memory_mib']} MiB): "
-                      f"{result['command']}", *lines])
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True))
+        for line in [header, *rows]
+    ]
+    return "\n".join(
+        [f"{result['scenario']} ({result['memory_mib']} MiB): {result['command']}", *lines]
+    )
 
 
 def _section(result: dict[str, Any], plot: str | None = None) -> str:
@@ -135,14 +234,15 @@ def _section(result: dict[str, Any], plot: str | None = None) -> str:
     title = f"{TITLES[result['scenario']]}, {result['memory_mib']} MiB master"
     csv = "\n".join("   " + ", ".join(f'"{c}"' for c in row) for row in rows)
     header_csv = ", ".join(f'"{h}"' for h in header)
-    return (f"{title}\n{'-' * len(title)}\n\n"
-            f"``{result['command']}`` ({result['started_at']}; {machine['cores']} cores, "
-            f"{machine['memory_gib']} GiB, {machine['accelerator']}, {machine['qemu']}, "
-            f"libvirt {machine['libvirt']})\n\n"
-            + (f"{result['result']['note']}\n\n" if "note" in result["result"] else "")
-            + f".. csv-table::\n   :header: {header_csv}\n\n"
-            f"{csv}\n"
-            + (f"\n.. image:: benchmarks/plots/{plot}\n" if plot else ""))
+    return (
+        f"{title}\n{'-' * len(title)}\n\n"
+        f"``{result['command']}`` ({result['started_at']}; {machine['cores']} cores, "
+        f"{machine['memory_gib']} GiB, {machine['accelerator']}, {machine['qemu']}, "
+        f"libvirt {machine['libvirt']})\n\n"
+        + (f"{result['result']['note']}\n\n" if "note" in result["result"] else "")
+        + f".. csv-table::\n   :header: {header_csv}\n\n"
+        f"{csv}\n" + (f"\n.. image:: benchmarks/plots/{plot}\n" if plot else "")
+    )
 
 
 INTRO = """==========
@@ -171,13 +271,18 @@ makes every guest-side step slower than on real hardware.
 def write() -> None:
     sections = []
     order = list(TITLES)
-    for path in sorted(glob.glob(os.path.join(RECORDED_DIR, "*.json")),
-                       key=lambda p: (order.index(os.path.basename(p).split("-")[0]), p)):
+    for path in sorted(
+        glob.glob(os.path.join(RECORDED_DIR, "*.json")),
+        key=lambda p: (order.index(os.path.basename(p).split("-")[0]), p),
+    ):
         with open(path) as f:
             result = json.load(f)
         # benchmarks/plot.py draws these (tox -e docs runs it first).
-        plot = (os.path.splitext(os.path.basename(path))[0] + ".png"
-                if result["scenario"] in PLOTTED else None)
+        plot = (
+            os.path.splitext(os.path.basename(path))[0] + ".png"
+            if result["scenario"] in PLOTTED
+            else None
+        )
         sections.append(_section(result, plot))
     with open(PAGE, "w") as f:
         f.write(INTRO + "\n".join(sections))

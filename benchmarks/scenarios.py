@@ -51,8 +51,9 @@ def start_latency(memory_mib: int, repeat: int) -> dict[str, Any]:
         return {
             "clone_to_agent_ms": clone,
             "clone_running_ms": common.summary(clone_running_ms),
-            "clone_phases_ms": {phase: round(statistics.median(values), 1)
-                                for phase, values in phases.items()},
+            "clone_phases_ms": {
+                phase: round(statistics.median(values), 1) for phase, values in phases.items()
+            },
             "clone_cpu": _clone_cpu(bench, generation.id),
             "eager_restore_to_agent_ms": eager_s,
             "eager_restore_running_ms": common.summary(eager_running_ms),
@@ -66,8 +67,9 @@ def start_latency(memory_mib: int, repeat: int) -> dict[str, Any]:
         bench.close()
 
 
-def _clone_cpu(bench: common.Bench, generation_id: str,
-               settle_s: float = 5.0, idle_s: float = 10.0) -> dict[str, float]:
+def _clone_cpu(
+    bench: common.Bench, generation_id: str, settle_s: float = 5.0, idle_s: float = 10.0
+) -> dict[str, float]:
     """Host CPU one clone's start costs (libvirtd's and QEMU's until it runs),
     what its guest takes in its first seconds (under TCG every code path is
     translated anew), and what it costs once idle: what bounds a burst."""
@@ -82,9 +84,13 @@ def _clone_cpu(bench: common.Bench, generation_id: str,
     time.sleep(idle_s)
     idle_ms = common.cpu_ms(qemu) - settled_ms
     bench.engine.destroy_clone(clone.uuid)
-    return {"libvirtd_ms": round(libvirtd_ms), "qemu_to_running_ms": round(at_running_ms),
-            "settle_s": settle_s, "guest_settle_ms": round(settled_ms - at_running_ms),
-            "idle_percent": round(idle_ms / idle_s / 10, 1)}
+    return {
+        "libvirtd_ms": round(libvirtd_ms),
+        "qemu_to_running_ms": round(at_running_ms),
+        "settle_s": settle_s,
+        "guest_settle_ms": round(settled_ms - at_running_ms),
+        "idle_percent": round(idle_ms / idle_s / 10, 1),
+    }
 
 
 def burst_density(memory_mib: int, counts: list[int], with_ksm: bool) -> dict[str, Any]:
@@ -97,8 +103,7 @@ def burst_density(memory_mib: int, counts: list[int], with_ksm: bool) -> dict[st
         generation = bench.engine.bless(master.domain.name())
         eager = common.EagerCopies(bench, master)
         for count in counts:
-            row: dict[str, Any] = {"count": count,
-                                   "guest_memory_mib": count * memory_mib}
+            row: dict[str, Any] = {"count": count, "guest_memory_mib": count * memory_mib}
             row.update(_clone_burst(bench, generation.id, count))
             row.update(_eager_burst(bench, eager, count, with_ksm))
             rows.append(row)
@@ -123,14 +128,17 @@ def _clone_burst(bench: common.Bench, generation_id: str, count: int) -> dict[st
         client.close()
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         list(pool.map(bench.engine.destroy_clone, [c.uuid for c in clones]))
-    return {"clone_all_running_ms": round(running_ms, 1),
-            "clone_all_ready_ms": round(ready_ms, 1),
-            "clone_host_mib_idle": idle_mib,
-            "clone_host_mib_after_read": read_mib}
+    return {
+        "clone_all_running_ms": round(running_ms, 1),
+        "clone_all_ready_ms": round(ready_ms, 1),
+        "clone_host_mib_idle": idle_mib,
+        "clone_host_mib_after_read": read_mib,
+    }
 
 
-def _eager_burst(bench: common.Bench, eager: common.EagerCopies, count: int,
-                 with_ksm: bool) -> dict[str, Any]:
+def _eager_burst(
+    bench: common.Bench, eager: common.EagerCopies, count: int, with_ksm: bool
+) -> dict[str, Any]:
     prepared = eager.prepare(count)
     started = time.monotonic()
     with concurrent.futures.ThreadPoolExecutor(min(count, 8)) as pool:
@@ -142,16 +150,22 @@ def _eager_burst(bench: common.Bench, eager: common.EagerCopies, count: int,
     for client in clients:
         client.close()
     names = [name for name, _ in prepared]
-    result: dict[str, Any] = {"eager_all_running_ms": round(running_ms, 1),
-                              "eager_all_ready_ms": round(ready_ms, 1),
-                              "eager_host_mib": hostmem.domains_pss_mib(names)}
+    result: dict[str, Any] = {
+        "eager_all_running_ms": round(running_ms, 1),
+        "eager_all_ready_ms": round(ready_ms, 1),
+        "eager_host_mib": hostmem.domains_pss_mib(names),
+    }
     if with_ksm:
         merged = ksm.merge_until_converged()
-        result.update({"ksm_host_mib": hostmem.domains_pss_mib(names),
-                       "ksm_converge_s": merged["seconds"],
-                       "ksm_converged": merged["converged"],
-                       "ksm_cpu_s": merged["ksmd_cpu_s"],
-                       "ksm_pages_sharing": merged["pages_sharing"]})
+        result.update(
+            {
+                "ksm_host_mib": hostmem.domains_pss_mib(names),
+                "ksm_converge_s": merged["seconds"],
+                "ksm_converged": merged["converged"],
+                "ksm_cpu_s": merged["ksmd_cpu_s"],
+                "ksm_pages_sharing": merged["pages_sharing"],
+            }
+        )
     for name, path in prepared:
         with contextlib.suppress(Exception):
             bench.conn.lookupByName(name).destroy()
@@ -172,15 +186,20 @@ def divergence(memory_mib: int, clones: int, percents: list[int]) -> dict[str, A
         clients = [bench.clone_agent(c) for c in launched]
         bench.wait_agents(clients)
         names = [c.name for c in launched]
-        rows = [{"percent": 0,
-                 "host_mib_per_clone": round(hostmem.domains_pss_mib(names) / clones, 1)}]
+        rows = [
+            {"percent": 0, "host_mib_per_clone": round(hostmem.domains_pss_mib(names) / clones, 1)}
+        ]
         for percent in sorted(percents):
             for seed, client in enumerate(clients, start=1):
                 # The pages "dirty p" rewrites include those of any smaller p,
                 # so after this step ``percent`` of the pattern is rewritten.
                 client.request("dirty", percent, 1000 * percent + seed)
-            rows.append({"percent": percent,
-                         "host_mib_per_clone": round(hostmem.domains_pss_mib(names) / clones, 1)})
+            rows.append(
+                {
+                    "percent": percent,
+                    "host_mib_per_clone": round(hostmem.domains_pss_mib(names) / clones, 1),
+                }
+            )
         for client in clients:
             client.close()
         return {"pattern_mib": master.pattern_mib, "clones": clones, "rows": rows}
@@ -205,9 +224,14 @@ def bless_pause(memory_sizes_mib: list[int], repeat: int) -> dict[str, Any]:
                 if master.agent.request("ping")["hb"] < hb_before:
                     raise RuntimeError("heartbeat went backwards across a bless")
                 bench.engine.discard(generation.id)
-            rows.append({"memory_mib": memory_mib, "pattern_mib": master.pattern_mib,
-                         "pause_ms": common.summary(pauses),
-                         "bless_total_ms": common.summary(totals)})
+            rows.append(
+                {
+                    "memory_mib": memory_mib,
+                    "pattern_mib": master.pattern_mib,
+                    "pause_ms": common.summary(pauses),
+                    "bless_total_ms": common.summary(totals),
+                }
+            )
             master.agent.close()
         finally:
             bench.close()
@@ -218,7 +242,6 @@ def demo(memory_mib: int, clones: int) -> dict[str, Any]:
     """nova-clone demo, recorded like the other scenarios."""
     bench = common.Bench()
     try:
-        return demo_mod.run(bench.conn, bench.state_dir, clones=clones,
-                            memory_mib=memory_mib)
+        return demo_mod.run(bench.conn, bench.state_dir, clones=clones, memory_mib=memory_mib)
     finally:
         bench.close()

@@ -16,8 +16,9 @@ import xml.etree.ElementTree as ET
 import libvirt
 
 
-def request(domain: libvirt.virDomain, read_console: Callable[[], str], command: str,
-            timeout_s: float = 30) -> dict[str, Any]:
+def request(
+    domain: libvirt.virDomain, read_console: Callable[[], str], command: str, timeout_s: float = 30
+) -> dict[str, Any]:
     """Type ``<id> <command>`` on the domain's serial console (the pty of the
     live domain) and return the agent's JSON reply, read from the console
     log by ``read_console``.
@@ -45,8 +46,10 @@ def request(domain: libvirt.virDomain, read_console: Callable[[], str], command:
                         pass
             now = time.monotonic()
             if now > deadline:
-                raise AssertionError(f"no reply to {command!r} on the console of "
-                                     f"{domain.name()}: {read_console()[-1000:]!r}")
+                raise AssertionError(
+                    f"no reply to {command!r} on the console of "
+                    f"{domain.name()}: {read_console()[-1000:]!r}"
+                )
             if now >= next_send:  # again, in case QEMU was not reading yet
                 os.write(fd, line)
                 next_send = now + 3

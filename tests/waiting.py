@@ -8,8 +8,12 @@ import time
 from typing import Any
 
 
-def wait(condition: Callable[[], Any], timeout_s: float, what: str | Callable[[], str],
-         interval_s: float = 0.5) -> Any:
+def wait(
+    condition: Callable[[], Any],
+    timeout_s: float,
+    what: str | Callable[[], str],
+    interval_s: float = 0.5,
+) -> Any:
     """Poll ``condition`` until it returns something true and return that;
     after ``timeout_s`` fail with ``what`` (or what it returns, evaluated
     then, so it can show the state that was wrong). It sleeps with
@@ -22,5 +26,6 @@ def wait(condition: Callable[[], Any], timeout_s: float, what: str | Callable[[]
             return result
         if time.monotonic() > deadline:
             raise AssertionError(
-                f"timed out after {timeout_s} s: {what() if callable(what) else what}")
+                f"timed out after {timeout_s} s: {what() if callable(what) else what}"
+            )
         time.sleep(interval_s)

@@ -37,9 +37,16 @@ DEFAULT_CONFIG_FILES = ["/etc/nova/nova.conf", "/etc/nova/nova-compute.conf"]
 
 # Failures an operator can act on: one line on stderr, exit status 1.
 ERRORS: tuple[type[BaseException], ...] = (
-    api.BlessError, api.LaunchError, api.GenerationNotFound, api.GenerationInUse,
-    api.CloneNotFound, cfg.Error, libvirt.libvirtError, control.PageServiceError,
-    testguest.TestGuestMissing)
+    api.BlessError,
+    api.LaunchError,
+    api.GenerationNotFound,
+    api.GenerationInUse,
+    api.CloneNotFound,
+    cfg.Error,
+    libvirt.libvirtError,
+    control.PageServiceError,
+    testguest.TestGuestMissing,
+)
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -106,23 +113,40 @@ class CloneApp(app.App):
     NAME = NAME
     LOG = logging.getLogger(NAME)
 
-    def __init__(self, stdin: TextIO | None = None, stdout: TextIO | None = None,
-                 stderr: TextIO | None = None) -> None:
-        super().__init__(description=DESCRIPTION, version=_version(),
-                         command_manager=commandmanager.CommandManager(NAMESPACE),
-                         stdin=stdin, stdout=stdout, stderr=stderr,
-                         # "nova-clone launch --help": the help of launch
-                         deferred_help=True)
+    def __init__(
+        self,
+        stdin: TextIO | None = None,
+        stdout: TextIO | None = None,
+        stderr: TextIO | None = None,
+    ) -> None:
+        super().__init__(
+            description=DESCRIPTION,
+            version=_version(),
+            command_manager=commandmanager.CommandManager(NAMESPACE),
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            # "nova-clone launch --help": the help of launch
+            deferred_help=True,
+        )
         self.progress = progress_mod.Progress(None)
         self._configured = False
         self._no_command = False
 
-    def build_option_parser(self, description: str | None, version: str | None,
-                            argparse_kwargs: dict[str, Any] | None = None
-                            ) -> argparse.ArgumentParser:
-        kwargs = {"prog": NAME, "epilog": EPILOG, "formatter_class": HelpFormatter,
-                  # "launch --co 2" must not be taken for --config-file.
-                  "allow_abbrev": False, **(argparse_kwargs or {})}
+    def build_option_parser(
+        self,
+        description: str | None,
+        version: str | None,
+        argparse_kwargs: dict[str, Any] | None = None,
+    ) -> argparse.ArgumentParser:
+        kwargs = {
+            "prog": NAME,
+            "epilog": EPILOG,
+            "formatter_class": HelpFormatter,
+            # "launch --co 2" must not be taken for --config-file.
+            "allow_abbrev": False,
+            **(argparse_kwargs or {}),
+        }
         parser = super().build_option_parser(description, version, kwargs)
         for action in parser._actions:
             if "--debug" in action.option_strings:
@@ -131,29 +155,45 @@ class CloneApp(app.App):
                 action.metavar = "PATH"
                 action.help = "also log to this file (overrides the config's log_file)"
             elif "--quiet" in action.option_strings:
-                action.help = ("log only warnings and errors; no progress lines "
-                               "unless --progress is given")
+                action.help = (
+                    "log only warnings and errors; no progress lines unless --progress is given"
+                )
             elif "--verbose" in action.option_strings:
-                action.help = ("show informational log messages even while progress "
-                               "is shown; twice: debug messages too")
+                action.help = (
+                    "show informational log messages even while progress "
+                    "is shown; twice: debug messages too"
+                )
         parser.add_argument(
-            "--config-file", action="append", metavar="PATH",
+            "--config-file",
+            action="append",
+            metavar="PATH",
             help="nova config file with a [clone] section; repeat for more files "
-                 "(default: those of " + ", ".join(DEFAULT_CONFIG_FILES)
-                 + " that exist)")
+            "(default: those of " + ", ".join(DEFAULT_CONFIG_FILES) + " that exist)",
+        )
         parser.add_argument(
-            "--state-dir", metavar="DIR",
+            "--state-dir",
+            metavar="DIR",
             help="the snapshot store: where snapshots and the clones' overlays "
-                 "live (overrides [clone] state_dir)")
+            "live (overrides [clone] state_dir)",
+        )
         shown = parser.add_mutually_exclusive_group()
         shown.add_argument(
-            "--progress", action="store_const", const=True, default=None,
+            "--progress",
+            action="store_const",
+            const=True,
+            default=None,
             help="show progress lines on stderr (launch: one per clone as it "
-                 "comes up; bless, demo: their steps). Default: only when stderr "
-                 "is a terminal. Informational log messages are hidden while "
-                 "progress is shown, unless -v is given.")
-        shown.add_argument("--no-progress", action="store_const", const=False,
-                           dest="progress", help="never show progress lines")
+            "comes up; bless, demo: their steps). Default: only when stderr "
+            "is a terminal. Informational log messages are hidden while "
+            "progress is shown, unless -v is given.",
+        )
+        shown.add_argument(
+            "--no-progress",
+            action="store_const",
+            const=False,
+            dest="progress",
+            help="never show progress lines",
+        )
         return parser
 
     def configure_logging(self) -> None:
@@ -168,8 +208,9 @@ class CloneApp(app.App):
 
     def interact(self) -> None:
         """No interactive shell: a command is needed."""
-        self.stderr.write(f"{NAME}: a command is needed, e.g. '{NAME} list'; "
-                          f"see '{NAME} --help'\n")
+        self.stderr.write(
+            f"{NAME}: a command is needed, e.g. '{NAME} list'; see '{NAME} --help'\n"
+        )
         self._no_command = True
 
     def run(self, argv: list[str]) -> int:
@@ -182,8 +223,9 @@ class CloneApp(app.App):
         except ValueError:  # on stderr, not stdout as cliff does
             matches = self.get_fuzzy_matches(argv[0])
             hint = f" Did you mean {' or '.join(matches)}?" if matches else ""
-            self.stderr.write(f"{NAME}: '{argv[0]}' is not a {NAME} command; see "
-                              f"'{NAME} --help'.{hint}\n")
+            self.stderr.write(
+                f"{NAME}: '{argv[0]}' is not a {NAME} command; see '{NAME} --help'.{hint}\n"
+            )
             return EXIT_USAGE
         return super().run_subcommand(argv)
 
@@ -193,8 +235,7 @@ class CloneApp(app.App):
         if self._configured:
             return
         options = self.options
-        files = options.config_file or [f for f in DEFAULT_CONFIG_FILES
-                                        if os.path.exists(f)]
+        files = options.config_file or [f for f in DEFAULT_CONFIG_FILES if os.path.exists(f)]
         oslo_logging.register_options(CONF)
         CONF([], project="nova", default_config_files=files)
         debug = options.debug or options.verbose_level > 2
@@ -204,13 +245,13 @@ class CloneApp(app.App):
             CONF.set_override("log_file", os.path.abspath(options.log_file))
         oslo_logging.setup(CONF, NAME)
         if options.state_dir:
-            CONF.set_override("state_dir", os.path.abspath(options.state_dir),
-                              group="clone")
+            CONF.set_override("state_dir", os.path.abspath(options.state_dir), group="clone")
         # libvirt prints each error on stderr itself; they reach the operator
         # as exceptions, once, through report_error.
         libvirt.registerErrorHandler(_ignore_libvirt_error, None)
-        if not debug and (options.verbose_level == 0 or (
-                self.progress.enabled and options.verbose_level < 2)):
+        if not debug and (
+            options.verbose_level == 0 or (self.progress.enabled and options.verbose_level < 2)
+        ):
             _quiet_stderr_log()
         self._configured = True
 
@@ -219,14 +260,17 @@ class CloneApp(app.App):
 
     def page_service(self) -> control.PageServiceClient:
         """This node's page service, through its control socket."""
-        return control.PageServiceClient(control.socket_path(
-            CONF.clone.state_dir, CONF.pageserver.control_socket))
+        return control.PageServiceClient(
+            control.socket_path(CONF.clone.state_dir, CONF.pageserver.control_socket)
+        )
 
     def engine(self) -> api.CloneEngine:
         return api.CloneEngine(
-            self.connection(), CONF.clone.state_dir,
+            self.connection(),
+            CONF.clone.state_dir,
             bless_options=api.BlessOptions.from_group(CONF.clone),
-            launch_parallelism=CONF.clone.launch_parallelism)
+            launch_parallelism=CONF.clone.launch_parallelism,
+        )
 
     def fail(self, message: str) -> int:
         """One line on stderr; the exit status of a failed command."""
@@ -254,8 +298,9 @@ def _ignore_libvirt_error(_context: object, _error: object) -> None:
 def _quiet_stderr_log() -> None:
     """Only warnings and errors from the log on stderr (progress, or -q)."""
     for handler in logging.getLogger().handlers:
-        if (isinstance(handler, logging.StreamHandler)
-                and not isinstance(handler, logging.FileHandler)):
+        if isinstance(handler, logging.StreamHandler) and not isinstance(
+            handler, logging.FileHandler
+        ):
             handler.setLevel(logging.WARNING)
 
 

@@ -29,12 +29,15 @@ from nova_clonedriver.engine import api
 from nova_clonedriver.pageserver import control
 from nova_clonedriver.pageserver.remote import PREFETCH_CHOICES
 
-SNAPSHOT_HELP = ("the snapshot: its generation id as 'nova-clone list' shows it, "
-                 "or any unique prefix of that id")
+SNAPSHOT_HELP = (
+    "the snapshot: its generation id as 'nova-clone list' shows it, "
+    "or any unique prefix of that id"
+)
 
 
 def _whole_number_at_least(minimum: int) -> Callable[[str], int]:
     """An argparse type: a whole number, ``minimum`` or more."""
+
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -43,6 +46,7 @@ def _whole_number_at_least(minimum: int) -> Callable[[str], int]:
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {value}")
         return value
+
     return parse
 
 
@@ -68,16 +72,20 @@ class RecordsColumn(columns.FormattableColumn[list[dict[str, Any]]]):
     """A list of dicts (a snapshot's disks): one line per entry in a table."""
 
     def human_readable(self) -> str:
-        return "\n".join(", ".join(f"{k}={v}" for k, v in item.items())
-                         for item in self._value) or "-"
+        return (
+            "\n".join(", ".join(f"{k}={v}" for k, v in item.items()) for item in self._value)
+            or "-"
+        )
 
 
 class ProblemsColumn(columns.FormattableColumn[dict[str, list[str]]]):
     """The demo's problems per clone: one line per clone in a table."""
 
     def human_readable(self) -> str:
-        return "\n".join(f"{name}: {'; '.join(problems)}"
-                         for name, problems in self._value.items()) or "none"
+        return (
+            "\n".join(f"{name}: {'; '.join(problems)}" for name, problems in self._value.items())
+            or "none"
+        )
 
 
 class CloneMemoryColumn(columns.FormattableColumn[list[dict[str, Any]]]):
@@ -87,9 +95,11 @@ class CloneMemoryColumn(columns.FormattableColumn[list[dict[str, Any]]]):
         lines = []
         for clone in self._value:
             if "qemu_pss_mib" in clone:
-                lines.append(f"{clone['name']}: {clone['private_written_mib']} MiB "
-                             f"written, {clone['image_resident_mib']} MiB of the "
-                             f"snapshot resident, {clone['qemu_pss_mib']} MiB PSS")
+                lines.append(
+                    f"{clone['name']}: {clone['private_written_mib']} MiB "
+                    f"written, {clone['image_resident_mib']} MiB of the "
+                    f"snapshot resident, {clone['qemu_pss_mib']} MiB PSS"
+                )
             else:
                 lines.append(f"{clone['name']}: no QEMU process found")
         return "\n".join(lines) or "-"
@@ -167,8 +177,9 @@ Examples:
 
     def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
         parser = super().get_parser(prog_name)
-        parser.add_argument("domain", metavar="DOMAIN",
-                            help="name of a running libvirt domain (the master)")
+        parser.add_argument(
+            "domain", metavar="DOMAIN", help="name of a running libvirt domain (the master)"
+        )
         return parser
 
     def take_action(self, parsed_args: argparse.Namespace) -> tuple[Any, Any]:
@@ -176,8 +187,10 @@ Examples:
         watch = progress_mod.Stopwatch()
         self.progress(f"blessing {parsed_args.domain}: copying its memory while it runs")
         generation = engine.bless(parsed_args.domain)
-        self.progress(f"blessed {parsed_args.domain} as snapshot {generation.id} in "
-                      f"{watch.seconds:.1f} s (master paused {generation.pause_ms:.1f} ms)")
+        self.progress(
+            f"blessed {parsed_args.domain} as snapshot {generation.id} in "
+            f"{watch.seconds:.1f} s (master paused {generation.pause_ms:.1f} ms)"
+        )
         # The key goes to those who may attach the snapshot on other nodes.
         summary = {**api.generation_summary(generation), "access_key": generation.access_key}
         return tuple(summary), tuple(formattable(v) for v in summary.values())
@@ -211,11 +224,18 @@ Examples:
     def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
         parser = super().get_parser(prog_name)
         parser.add_argument("snapshot", metavar="SNAPSHOT", help=SNAPSHOT_HELP)
-        parser.add_argument("--count", type=positive_int, default=1, metavar="N",
-                            help="how many clones to start (default: 1)")
-        parser.add_argument("--name-prefix", metavar="PREFIX",
-                            help="clone names are PREFIX-<8 hex digits> "
-                                 "(default: <master's name>-clone)")
+        parser.add_argument(
+            "--count",
+            type=positive_int,
+            default=1,
+            metavar="N",
+            help="how many clones to start (default: 1)",
+        )
+        parser.add_argument(
+            "--name-prefix",
+            metavar="PREFIX",
+            help="clone names are PREFIX-<8 hex digits> (default: <master's name>-clone)",
+        )
         return parser
 
     def take_action(self, parsed_args: argparse.Namespace) -> tuple[Any, Any]:
@@ -227,22 +247,26 @@ Examples:
         def on_clone_started(clone: api.Clone) -> None:
             nonlocal started
             started += 1
-            self.progress(f"clone {started}/{count} running after "
-                          f"{clone.restore_ms:.0f} ms: {clone.name}")
+            self.progress(
+                f"clone {started}/{count} running after {clone.restore_ms:.0f} ms: {clone.name}"
+            )
 
         self.progress(f"launching {count} clone(s) of snapshot {parsed_args.snapshot}")
         try:
-            clones = engine.launch(parsed_args.snapshot, count, parsed_args.name_prefix,
-                                   on_clone_started=on_clone_started)
+            clones = engine.launch(
+                parsed_args.snapshot,
+                count,
+                parsed_args.name_prefix,
+                on_clone_started=on_clone_started,
+            )
         except api.LaunchError as exc:
             if not exc.launched:
                 raise
             self._error, clones = exc, exc.launched  # show those that run, then fail
-        self.progress(f"{len(clones)} of {count} clone(s) running after "
-                      f"{watch.seconds:.1f} s")
+        self.progress(f"{len(clones)} of {count} clone(s) running after {watch.seconds:.1f} s")
         return CLONE_COLUMNS, [
-            tuple(formattable(getattr(c, name)) for name in CLONE_COLUMNS)
-            for c in clones]
+            tuple(formattable(getattr(c, name)) for name in CLONE_COLUMNS) for c in clones
+        ]
 
 
 class ListSnapshots(_Base, lister.Lister):
@@ -260,16 +284,23 @@ Examples:
   nova-clone list -f json
   nova-clone list -f value -c generation   # only the ids"""
 
-    COLUMNS = ("generation", "source_domain", "created_at", "memory_mib",
-               "clone_count", "clones")
+    COLUMNS = ("generation", "source_domain", "created_at", "memory_mib", "clone_count", "clones")
 
     def take_action(self, parsed_args: argparse.Namespace) -> tuple[Any, Any]:
         engine = self.cli.engine()
         rows = []
         for generation in engine.generations():
             names = [ref.name for ref in engine.clones(generation)]
-            rows.append((generation.id, generation.source_domain, generation.created_at,
-                         generation.memory_bytes >> 20, len(names), ListColumn(names)))
+            rows.append(
+                (
+                    generation.id,
+                    generation.source_domain,
+                    generation.created_at,
+                    generation.memory_bytes >> 20,
+                    len(names),
+                    ListColumn(names),
+                )
+            )
         return self.COLUMNS, rows
 
 
@@ -287,9 +318,17 @@ class Stats(_Base, lister.Lister):
     'nova-clone page stats'.
     """
 
-    COLUMNS = ("generation", "source_domain", "created_at", "memory_mib",
-               "image_allocated_mib", "image_cached_mib", "bless_pause_ms", "clones",
-               "page_service")
+    COLUMNS = (
+        "generation",
+        "source_domain",
+        "created_at",
+        "memory_mib",
+        "image_allocated_mib",
+        "image_cached_mib",
+        "bless_pause_ms",
+        "clones",
+        "page_service",
+    )
 
     def take_action(self, parsed_args: argparse.Namespace) -> tuple[Any, Any]:
         try:
@@ -300,10 +339,18 @@ class Stats(_Base, lister.Lister):
         for entry in self.cli.engine().stats():
             generation_id = entry["generation"]
             entry["page_service"] = service["remote"].get(
-                generation_id, service["origin"]["generations"].get(generation_id, {}))
-            rows.append(tuple(CloneMemoryColumn(entry[c]) if c == "clones"
-                              else formattable(entry[c]) if c == "page_service" else entry[c]
-                              for c in self.COLUMNS))
+                generation_id, service["origin"]["generations"].get(generation_id, {})
+            )
+            rows.append(
+                tuple(
+                    CloneMemoryColumn(entry[c])
+                    if c == "clones"
+                    else formattable(entry[c])
+                    if c == "page_service"
+                    else entry[c]
+                    for c in self.COLUMNS
+                )
+            )
         return self.COLUMNS, rows
 
 
@@ -336,9 +383,11 @@ class Destroy(_Base, command.Command):
 
     def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
         parser = super().get_parser(prog_name)
-        parser.add_argument("clone", metavar="CLONE",
-                            help="the clone's name or UUID, as 'nova-clone list' "
-                                 "or 'nova-clone launch' show them")
+        parser.add_argument(
+            "clone",
+            metavar="CLONE",
+            help="the clone's name or UUID, as 'nova-clone list' or 'nova-clone launch' show them",
+        )
         return parser
 
     def take_action(self, parsed_args: argparse.Namespace) -> int:
@@ -372,50 +421,79 @@ Examples:
 
     def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
         parser = super().get_parser(prog_name)
-        parser.add_argument("--clones", type=positive_int, default=8, metavar="N",
-                            help="how many clones to launch (default: 8)")
-        parser.add_argument("--memory-mb", type=positive_int, default=256, metavar="MIB",
-                            help="the master's memory in MiB (default: 256)")
-        parser.add_argument("--guest-dir", metavar="DIR",
-                            help="test guest kernel and initrd (default: "
-                                 "$NOVA_CLONE_GUEST_DIR; tools/demo.sh sets it "
-                                 "to the checkout's build/guest)")
-        parser.add_argument("--no-baseline", action="store_true",
-                            help="skip the eager-restore baseline")
-        parser.add_argument("--remote-clones", type=non_negative_int, default=2,
-                            metavar="N",
-                            help="clones to launch on node B through the page "
-                                 "service (default: 2; 0 starts no page service)")
+        parser.add_argument(
+            "--clones",
+            type=positive_int,
+            default=8,
+            metavar="N",
+            help="how many clones to launch (default: 8)",
+        )
+        parser.add_argument(
+            "--memory-mb",
+            type=positive_int,
+            default=256,
+            metavar="MIB",
+            help="the master's memory in MiB (default: 256)",
+        )
+        parser.add_argument(
+            "--guest-dir",
+            metavar="DIR",
+            help="test guest kernel and initrd (default: "
+            "$NOVA_CLONE_GUEST_DIR; tools/demo.sh sets it "
+            "to the checkout's build/guest)",
+        )
+        parser.add_argument(
+            "--no-baseline", action="store_true", help="skip the eager-restore baseline"
+        )
+        parser.add_argument(
+            "--remote-clones",
+            type=non_negative_int,
+            default=2,
+            metavar="N",
+            help="clones to launch on node B through the page "
+            "service (default: 2; 0 starts no page service)",
+        )
         return parser
 
     def take_action(self, parsed_args: argparse.Namespace) -> tuple[Any, Any]:
         watch = progress_mod.Stopwatch()
         guest_dir = parsed_args.guest_dir or testguest.guest_dir_default()
-        self.progress(f"demo: booting a {parsed_args.memory_mb} MiB test guest, filling "
-                      f"its memory, blessing it, then launching {parsed_args.clones} "
-                      "clone(s) and checking each")
+        self.progress(
+            f"demo: booting a {parsed_args.memory_mb} MiB test guest, filling "
+            f"its memory, blessing it, then launching {parsed_args.clones} "
+            "clone(s) and checking each"
+        )
         with self.progress.echo_logs("demo: "):
-            result = demo_mod.run(self.cli.connection(), clone_app.CONF.clone.state_dir,
-                                  clones=parsed_args.clones,
-                                  memory_mib=parsed_args.memory_mb,
-                                  guest_dir=guest_dir,
-                                  baseline=not parsed_args.no_baseline,
-                                  remote_clones=parsed_args.remote_clones)
+            result = demo_mod.run(
+                self.cli.connection(),
+                clone_app.CONF.clone.state_dir,
+                clones=parsed_args.clones,
+                memory_mib=parsed_args.memory_mb,
+                guest_dir=guest_dir,
+                baseline=not parsed_args.no_baseline,
+                remote_clones=parsed_args.remote_clones,
+            )
         ok = result["clones_ok"] + result.get("remote_clones_ok", 0)
         requested = result["clones_requested"] + result.get("remote_clones_requested", 0)
-        self.progress(f"demo: done in {watch.seconds:.0f} s; {ok} of {requested} "
-                      "clone(s) check out")
+        self.progress(
+            f"demo: done in {watch.seconds:.0f} s; {ok} of {requested} clone(s) check out"
+        )
         self._all_ok = ok == requested
         names = sorted(result)
-        return names, tuple(ProblemsColumn(result[n]) if n in ("problems", "remote_problems")
-                            else formattable(result[n]) for n in names)
+        return names, tuple(
+            ProblemsColumn(result[n])
+            if n in ("problems", "remote_problems")
+            else formattable(result[n])
+            for n in names
+        )
 
     def run(self, parsed_args: argparse.Namespace) -> int:
         self._all_ok = True
         status = super().run(parsed_args)
         if status == 0 and not self._all_ok:
-            return self.cli.fail("the demo found problems with some clones "
-                                 "(see 'problems' in its report)")
+            return self.cli.fail(
+                "the demo found problems with some clones (see 'problems' in its report)"
+            )
         return status
 
 
@@ -436,25 +514,39 @@ Examples:
 
     def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
         parser = super().get_parser(prog_name)
-        parser.add_argument("snapshot", metavar="SNAPSHOT",
-                            help="the snapshot's full generation id (as its origin's "
-                                 "'nova-clone list' or the live image shows it)")
-        parser.add_argument("--origin", metavar="HOST:PORT", required=True,
-                            help="the page service of the node the snapshot was "
-                                 "blessed on")
-        parser.add_argument("--key", required=True,
-                            help="the snapshot's access key (access_key in the output "
-                                 "of 'nova-clone bless' on the origin; a live image's "
-                                 "clone_access_key): the origin refuses others")
-        parser.add_argument("--prefetch", choices=PREFETCH_CHOICES, default="none",
-                            help="fetch up front: nothing (pages on first touch), "
-                                 "the working set the first node's clones touched, "
-                                 "or everything (default: none)")
+        parser.add_argument(
+            "snapshot",
+            metavar="SNAPSHOT",
+            help="the snapshot's full generation id (as its origin's "
+            "'nova-clone list' or the live image shows it)",
+        )
+        parser.add_argument(
+            "--origin",
+            metavar="HOST:PORT",
+            required=True,
+            help="the page service of the node the snapshot was blessed on",
+        )
+        parser.add_argument(
+            "--key",
+            required=True,
+            help="the snapshot's access key (access_key in the output "
+            "of 'nova-clone bless' on the origin; a live image's "
+            "clone_access_key): the origin refuses others",
+        )
+        parser.add_argument(
+            "--prefetch",
+            choices=PREFETCH_CHOICES,
+            default="none",
+            help="fetch up front: nothing (pages on first touch), "
+            "the working set the first node's clones touched, "
+            "or everything (default: none)",
+        )
         return parser
 
     def take_action(self, parsed_args: argparse.Namespace) -> tuple[Any, Any]:
-        reply = self.cli.page_service().attach(parsed_args.snapshot, parsed_args.origin,
-                                               parsed_args.key, parsed_args.prefetch)
+        reply = self.cli.page_service().attach(
+            parsed_args.snapshot, parsed_args.origin, parsed_args.key, parsed_args.prefetch
+        )
         return tuple(reply), tuple(formattable(v) for v in reply.values())
 
 
@@ -464,8 +556,9 @@ class Release(_Base, command.Command):
 
     def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
         parser = super().get_parser(prog_name)
-        parser.add_argument("snapshot", metavar="SNAPSHOT",
-                            help="the snapshot's full generation id")
+        parser.add_argument(
+            "snapshot", metavar="SNAPSHOT", help="the snapshot's full generation id"
+        )
         return parser
 
     def take_action(self, parsed_args: argparse.Namespace) -> int:
@@ -486,9 +579,13 @@ class PageStats(_Base, lister.Lister):
 
     def take_action(self, parsed_args: argparse.Namespace) -> tuple[Any, Any]:
         stats = self.cli.page_service().stats()
-        rows = [(generation, "remote", data.pop("origin", "-"), formattable(data))
-                for generation, data in stats["remote"].items()]
+        rows = [
+            (generation, "remote", data.pop("origin", "-"), formattable(data))
+            for generation, data in stats["remote"].items()
+        ]
         for generation, peers in stats["origin"]["generations"].items():
-            rows += [(generation, "origin", peer, formattable(counters))
-                     for peer, counters in peers.items()]
+            rows += [
+                (generation, "origin", peer, formattable(counters))
+                for peer, counters in peers.items()
+            ]
         return self.COLUMNS, rows

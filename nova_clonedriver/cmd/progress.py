@@ -31,8 +31,7 @@ class Progress:
             self._stream.flush()
 
     @contextlib.contextmanager
-    def echo_logs(self, prefix: str, logger_name: str = "nova_clonedriver"
-                  ) -> Iterator[None]:
+    def echo_logs(self, prefix: str, logger_name: str = "nova_clonedriver") -> Iterator[None]:
         """Meanwhile, show the INFO messages of ``logger_name`` (the engine
         says when a snapshot is taken, a clone runs, a clone is destroyed)
         as progress lines, without the log's timestamps. Warnings are left

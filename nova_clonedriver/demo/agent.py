@@ -75,8 +75,9 @@ class AgentClient:
             except (OSError, AgentError):
                 self.close()
                 if time.monotonic() > deadline:
-                    raise AgentError(f"agent at {self.socket_path} not ready "
-                                     f"after {timeout_s} s") from None
+                    raise AgentError(
+                        f"agent at {self.socket_path} not ready after {timeout_s} s"
+                    ) from None
                 time.sleep(0.5)
 
     def _connect(self) -> socket.socket:

@@ -34,9 +34,16 @@ class LocalNode:
     after 10 s) because such nodes live for one run; ``options`` (any
     ``[pageserver]`` option) override them."""
 
-    def __init__(self, name: str, root: str, pki: pki_mod.ThrowawayPKI,
-                 listen_host: str = "127.0.0.1", wrapper: tuple[str, ...] = (),
-                 state_dir: str | None = None, **options: object) -> None:
+    def __init__(
+        self,
+        name: str,
+        root: str,
+        pki: pki_mod.ThrowawayPKI,
+        listen_host: str = "127.0.0.1",
+        wrapper: tuple[str, ...] = (),
+        state_dir: str | None = None,
+        **options: object,
+    ) -> None:
         """``wrapper``: a command prefix for the daemon (``ip netns exec NS``:
         a node behind its own network stack)."""
         self.name = name
@@ -50,24 +57,33 @@ class LocalNode:
         self.ca_file = pki.ca_file
         self.config_file = os.path.join(root, f"{name}.conf")
         self.log_file = os.path.join(root, f"{name}.log")
-        settings = {"listen_host": listen_host, "listen_port": self.port,
-                    "tls_cert_file": self.cert_file, "tls_key_file": self.key_file,
-                    "tls_ca_file": pki.ca_file, "reconcile_interval_s": 1,
-                    "release_idle_s": 3, "fetch_timeout_s": 10,
-                    "metrics_port": 0,  # several nodes share one loopback
-                    **options}
+        settings = {
+            "listen_host": listen_host,
+            "listen_port": self.port,
+            "tls_cert_file": self.cert_file,
+            "tls_key_file": self.key_file,
+            "tls_ca_file": pki.ca_file,
+            "reconcile_interval_s": 1,
+            "release_idle_s": 3,
+            "fetch_timeout_s": 10,
+            "metrics_port": 0,  # several nodes share one loopback
+            **options,
+        }
         with open(self.config_file, "w") as f:
             f.write(f"[clone]\nstate_dir = {self.state_dir}\n[pageserver]\n")
             f.writelines(f"{k} = {v}\n" for k, v in settings.items())
         self.client = control.PageServiceClient(
-            os.path.join(self.state_dir, "pageserver.sock"), timeout_s=120)
+            os.path.join(self.state_dir, "pageserver.sock"), timeout_s=120
+        )
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
         log = open(self.log_file, "a")  # noqa: SIM115 - the daemon writes it
         self.process = subprocess.Popen(
             [*self.wrapper, *DAEMON, "--config-file", self.config_file, "--debug"],
-            stdout=log, stderr=log)
+            stdout=log,
+            stderr=log,
+        )
         log.close()
         deadline = time.monotonic() + 30
         while True:
@@ -76,8 +92,9 @@ class LocalNode:
                 return
             except control.PageServiceError:
                 if self.process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"page service {self.name} did not start:\n"
-                                       + self.log()) from None
+                    raise RuntimeError(
+                        f"page service {self.name} did not start:\n" + self.log()
+                    ) from None
                 time.sleep(0.2)
 
     def stop(self, sig: int = signal.SIGTERM) -> int:

@@ -59,9 +59,15 @@ class CloneCheck:
         return not self.problems
 
 
-def run(conn: libvirt.virConnect, state_dir: str, clones: int = 8,
-        memory_mib: int = 256, guest_dir: str | None = None,
-        baseline: bool = True, remote_clones: int = 2) -> dict[str, Any]:
+def run(
+    conn: libvirt.virConnect,
+    state_dir: str,
+    clones: int = 8,
+    memory_mib: int = 256,
+    guest_dir: str | None = None,
+    baseline: bool = True,
+    remote_clones: int = 2,
+) -> dict[str, Any]:
     """``remote_clones``: how many clones node B launches through the page
     services (0: none, and no page service is started)."""
     store_mod.make_traversable_dir(state_dir)  # on a new host, nothing made it
@@ -91,31 +97,45 @@ def run(conn: libvirt.virConnect, state_dir: str, clones: int = 8,
         burst_wall_ms = (time.monotonic() - burst_started) * 1000
         checks = [_check(engine, c, expected, hb_before, hb_after) for c in launched]
         _flag_shared_randomness(checks)
-        result.update({
-            "clones_requested": clones,
-            "clones_ok": sum(1 for c in checks if c.ok),
-            "first_clone_start_ms": checks[0].start_ms,
-            "clone_start_ms": [c.start_ms for c in checks],
-            "clone_ready_ms": [c.ready_ms for c in checks],
-            "clone_start_median_ms": statistics.median(c.start_ms for c in checks),
-            "burst_wall_ms": round(burst_wall_ms, 1),
-            "bless_pause_ms": generation.pause_ms,
-            "guest_memory_mib": memory_mib,
-            "pattern_mib": fill_mib,
-            "guest_memory_mib_total": memory_mib * len(launched),
-            "host_memory_mib_used": hostmem.domains_pss_mib([c.name for c in launched]),
-            "problems": {c.name: c.problems for c in checks if c.problems},
-        })
+        result.update(
+            {
+                "clones_requested": clones,
+                "clones_ok": sum(1 for c in checks if c.ok),
+                "first_clone_start_ms": checks[0].start_ms,
+                "clone_start_ms": [c.start_ms for c in checks],
+                "clone_ready_ms": [c.ready_ms for c in checks],
+                "clone_start_median_ms": statistics.median(c.start_ms for c in checks),
+                "burst_wall_ms": round(burst_wall_ms, 1),
+                "bless_pause_ms": generation.pause_ms,
+                "guest_memory_mib": memory_mib,
+                "pattern_mib": fill_mib,
+                "guest_memory_mib_total": memory_mib * len(launched),
+                "host_memory_mib_used": hostmem.domains_pss_mib([c.name for c in launched]),
+                "problems": {c.name: c.problems for c in checks if c.problems},
+            }
+        )
         result["host_memory_mib_per_clone"] = round(
-            result["host_memory_mib_used"] / len(launched), 1)
+            result["host_memory_mib_used"] / len(launched), 1
+        )
         result["oversubscription"] = round(
-            result["guest_memory_mib_total"] / result["host_memory_mib_used"], 2)
+            result["guest_memory_mib_total"] / result["host_memory_mib_used"], 2
+        )
         if baseline:
             result["eager_to_clone_ratio"] = round(
-                result["eager_restore_ms"] / result["first_clone_start_ms"], 2)
+                result["eager_restore_ms"] / result["first_clone_start_ms"], 2
+            )
         if remote_clones:
-            result.update(_remote(conn, engine, generation, workdir, remote_clones,
-                                  f"{name}-b-clone", (expected, hb_before, hb_after)))
+            result.update(
+                _remote(
+                    conn,
+                    engine,
+                    generation,
+                    workdir,
+                    remote_clones,
+                    f"{name}-b-clone",
+                    (expected, hb_before, hb_after),
+                )
+            )
         return result
     finally:
         master_agent.close()
@@ -129,9 +149,15 @@ def run(conn: libvirt.virConnect, state_dir: str, clones: int = 8,
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _remote(conn: libvirt.virConnect, engine: api.CloneEngine, generation: api.Generation,
-            workdir: str, count: int, name_prefix: str,
-            master_state: tuple[str, int, int]) -> dict[str, Any]:
+def _remote(
+    conn: libvirt.virConnect,
+    engine: api.CloneEngine,
+    generation: api.Generation,
+    workdir: str,
+    count: int,
+    name_prefix: str,
+    master_state: tuple[str, int, int],
+) -> dict[str, Any]:
     """Clones on node B, whose store has nothing of the snapshot: B's page
     service presents it and fetches its memory from A's as clones touch it."""
     pki = pki_mod.ThrowawayPKI(os.path.join(workdir, "pki"))
@@ -192,8 +218,13 @@ def pattern_size_mib(client: agent_mod.AgentClient) -> int:
     return max(1, available - PATTERN_HEADROOM_MIB)
 
 
-def _check(engine: api.CloneEngine, clone: api.Clone, expected_checksum: str,
-           hb_before: int, hb_after: int) -> CloneCheck:
+def _check(
+    engine: api.CloneEngine,
+    clone: api.Clone,
+    expected_checksum: str,
+    hb_before: int,
+    hb_after: int,
+) -> CloneCheck:
     directory = engine.store.clone_dir(clone.uuid)
     client = testguest.agent_in(directory)
     problems = []
@@ -215,12 +246,21 @@ def _check(engine: api.CloneEngine, clone: api.Clone, expected_checksum: str,
     mac_ok = macs == sorted(clone.mac_addresses)
     if not mac_ok:
         problems.append(f"guest NIC MACs {macs}, clone's are {clone.mac_addresses}")
-    return CloneCheck(clone.name, clone.restore_ms, clone.ready_ms, first,
-                      checksum == expected_checksum, mac_ok, identity["random"], problems)
+    return CloneCheck(
+        clone.name,
+        clone.restore_ms,
+        clone.ready_ms,
+        first,
+        checksum == expected_checksum,
+        mac_ok,
+        identity["random"],
+        problems,
+    )
 
 
-def _identity_with_mac(client: agent_mod.AgentClient, macs: list[str],
-                       timeout_s: float = 30) -> dict[str, Any]:
+def _identity_with_mac(
+    client: agent_mod.AgentClient, macs: list[str], timeout_s: float = 30
+) -> dict[str, Any]:
     """The guest sees a hot-plugged NIC a moment after libvirt does."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -239,8 +279,7 @@ def _flag_shared_randomness(checks: list[CloneCheck]) -> None:
         seen.setdefault(check.random, check.name)
 
 
-def _eager_restore_ms(conn: libvirt.virConnect, master: libvirt.virDomain,
-                      workdir: str) -> float:
+def _eager_restore_ms(conn: libvirt.virConnect, master: libvirt.virDomain, workdir: str) -> float:
     """The alternative to a clone: restore a full save (all RAM copied)."""
     path = os.path.join(workdir, "eager.save")
     master.save(path)

@@ -31,9 +31,11 @@ def guest_dir_default() -> str:
     (an installed package does not know where a checkout is)."""
     guest_dir = os.environ.get("NOVA_CLONE_GUEST_DIR")
     if not guest_dir:
-        raise TestGuestMissing("no test guest given: build it with tools/build-guest.sh "
-                               "and pass its folder (build/guest of the checkout) with "
-                               "--guest-dir or $NOVA_CLONE_GUEST_DIR")
+        raise TestGuestMissing(
+            "no test guest given: build it with tools/build-guest.sh "
+            "and pass its folder (build/guest of the checkout) with "
+            "--guest-dir or $NOVA_CLONE_GUEST_DIR"
+        )
     return guest_dir
 
 
@@ -47,8 +49,15 @@ def console_log_in(directory: str) -> str:
     return os.path.join(directory, CONSOLE_LOG)
 
 
-def domain_xml(name: str, memory_mib: int, workdir: str, disk_format: str = "qcow2",
-               vcpus: int = 1, mac: str = "52:54:00:c1:00:01", genid: bool = True) -> str:
+def domain_xml(
+    name: str,
+    memory_mib: int,
+    workdir: str,
+    disk_format: str = "qcow2",
+    vcpus: int = 1,
+    mac: str = "52:54:00:c1:00:01",
+    genid: bool = True,
+) -> str:
     """``genid``: with a VM generation ID (libvirt makes it)."""
     kernel = os.path.join(workdir, "vmlinuz")
     initrd = os.path.join(workdir, "initrd.img")
@@ -88,9 +97,15 @@ def domain_xml(name: str, memory_mib: int, workdir: str, disk_format: str = "qco
 </domain>"""
 
 
-def boot(conn: libvirt.virConnect, name: str, memory_mib: int, workdir: str,
-         guest_dir: str | None = None, disk_format: str = "qcow2", genid: bool = True
-         ) -> tuple[libvirt.virDomain, agent_mod.AgentClient]:
+def boot(
+    conn: libvirt.virConnect,
+    name: str,
+    memory_mib: int,
+    workdir: str,
+    guest_dir: str | None = None,
+    disk_format: str = "qcow2",
+    genid: bool = True,
+) -> tuple[libvirt.virDomain, agent_mod.AgentClient]:
     """Start a transient test guest and wait for its agent."""
     os.makedirs(workdir, exist_ok=True)
     os.chmod(workdir, 0o711)
@@ -100,10 +115,10 @@ def boot(conn: libvirt.virConnect, name: str, memory_mib: int, workdir: str,
     # read-only frozen base.
     with contextlib.suppress(FileNotFoundError):
         os.unlink(disk)
-    subprocess.run(["qemu-img", "create", "-q", "-f", disk_format, disk,
-                    f"{DISK_SIZE_MIB}M"], check=True)
-    domain = conn.createXML(domain_xml(name, memory_mib, workdir, disk_format,
-                                       genid=genid), 0)
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", disk_format, disk, f"{DISK_SIZE_MIB}M"], check=True
+    )
+    domain = conn.createXML(domain_xml(name, memory_mib, workdir, disk_format, genid=genid), 0)
     client = agent_in(workdir)
     try:
         client.wait_ready()

@@ -51,10 +51,14 @@ class CloneEngine:
     :param state_dir: the node's snapshot store.
     """
 
-    def __init__(self, conn: libvirt.virConnect, state_dir: str,
-                 bless_options: BlessOptions | None = None,
-                 launch_parallelism: int = 8,
-                 chown: Callable[[str, int, int], None] = os.chown) -> None:
+    def __init__(
+        self,
+        conn: libvirt.virConnect,
+        state_dir: str,
+        bless_options: BlessOptions | None = None,
+        launch_parallelism: int = 8,
+        chown: Callable[[str, int, int], None] = os.chown,
+    ) -> None:
         """``chown``: how to give files to QEMU's user (privileged)."""
         self.conn = conn
         self.store = store_mod.SnapshotStore(state_dir)
@@ -62,21 +66,32 @@ class CloneEngine:
         self._parallelism = launch_parallelism
         self._chown = chown
 
-    def bless(self, domain_name: str, bound_to: dict[str, str] | None = None
-              ) -> Generation:
+    def bless(self, domain_name: str, bound_to: dict[str, str] | None = None) -> Generation:
         """``bound_to``: what the caller binds the generation to (kept in it,
         for the caller's own checks; see Generation.bound_to)."""
-        return bless_mod.bless(self.conn, self.store, domain_name, self._bless_options,
-                               self._chown, bound_to)
+        return bless_mod.bless(
+            self.conn, self.store, domain_name, self._bless_options, self._chown, bound_to
+        )
 
-    def launch(self, generation_id: str, count: int = 1,
-               name_prefix: str | None = None,
-               specs: list[CloneSpec] | None = None,
-               on_clone_started: Callable[[Clone], None] | None = None) -> list[Clone]:
+    def launch(
+        self,
+        generation_id: str,
+        count: int = 1,
+        name_prefix: str | None = None,
+        specs: list[CloneSpec] | None = None,
+        on_clone_started: Callable[[Clone], None] | None = None,
+    ) -> list[Clone]:
         """``on_clone_started`` is called with each clone as it comes up."""
-        return launch_mod.launch(self.conn, self.store, generation_id, count,
-                                 name_prefix, self._parallelism, specs,
-                                 on_clone_started)
+        return launch_mod.launch(
+            self.conn,
+            self.store,
+            generation_id,
+            count,
+            name_prefix,
+            self._parallelism,
+            specs,
+            on_clone_started,
+        )
 
     def generations(self) -> list[Generation]:
         return [self.store.load(g) for g in self.store.generation_ids()]
@@ -89,17 +104,20 @@ class CloneEngine:
         caller-managed clones (their caller says when they are gone)."""
         live = []
         for ref in self.store.references(generation):
-            if (not ref.caller_managed and self._domain(ref.uuid) is None
-                    and (ref.started or age_s(ref.created_at) > LAUNCH_GRACE_S)):
-                LOG.info("Clone %s of %s no longer exists; freeing its files",
-                         ref.name, generation.id)
+            if (
+                not ref.caller_managed
+                and self._domain(ref.uuid) is None
+                and (ref.started or age_s(ref.created_at) > LAUNCH_GRACE_S)
+            ):
+                LOG.info(
+                    "Clone %s of %s no longer exists; freeing its files", ref.name, generation.id
+                )
                 self._free(generation, ref)
             else:
                 live.append(ref)
         return live
 
-    def find_clone(self, name_or_uuid: str
-                   ) -> tuple[Generation, store_mod.CloneReference] | None:
+    def find_clone(self, name_or_uuid: str) -> tuple[Generation, store_mod.CloneReference] | None:
         for generation in self.generations():
             for ref in self.store.references(generation):
                 if name_or_uuid in (ref.name, ref.uuid):
@@ -123,7 +141,8 @@ class CloneEngine:
         if clones:
             raise GenerationInUse(
                 f"snapshot {generation.id} still has {len(clones)} clone(s): "
-                + ", ".join(c.name for c in clones))
+                + ", ".join(c.name for c in clones)
+            )
         self.store.remove_generation(generation)
         LOG.info("Discarded generation %s", generation.id)
 
@@ -143,17 +162,20 @@ class CloneEngine:
                     entry.update(
                         private_written_mib=round(mapping.get("Private_Dirty", 0) / 1024, 1),
                         image_resident_mib=round(mapping.get("Rss", 0) / 1024, 1),
-                        qemu_pss_mib=round(rollup.get("Pss", 0) / 1024, 1))
+                        qemu_pss_mib=round(rollup.get("Pss", 0) / 1024, 1),
+                    )
                 clones.append(entry)
-            result.append({
-                "generation": generation.id,
-                "source_domain": generation.source_domain,
-                "created_at": generation.created_at,
-                "clones": clones,
-                "memory_mib": generation.memory_bytes >> 20,
-                **_image_use_mib(image),
-                "bless_pause_ms": generation.pause_ms,
-            })
+            result.append(
+                {
+                    "generation": generation.id,
+                    "source_domain": generation.source_domain,
+                    "created_at": generation.created_at,
+                    "clones": clones,
+                    "memory_mib": generation.memory_bytes >> 20,
+                    **_image_use_mib(image),
+                    "bless_pause_ms": generation.pause_ms,
+                }
+            )
         return result
 
     def _domain(self, uuid: str) -> libvirt.virDomain | None:
@@ -173,8 +195,10 @@ def _image_use_mib(image: str) -> dict[str, float | None]:
     """Disk and page cache a memory image uses; None for one presented by a
     page service that is not running (its file cannot be reached)."""
     try:
-        return {"image_allocated_mib": round(os.stat(image).st_blocks * 512 / 2**20, 1),
-                "image_cached_mib": round(memimage.resident_bytes(image) / 2**20, 1)}
+        return {
+            "image_allocated_mib": round(os.stat(image).st_blocks * 512 / 2**20, 1),
+            "image_cached_mib": round(memimage.resident_bytes(image) / 2**20, 1),
+        }
     except OSError:
         return {"image_allocated_mib": None, "image_cached_mib": None}
 

@@ -82,6 +82,7 @@ class NoGenerationID(BlessError):
 class _DiskLayers:
     """What a bless does to one of the master's disks: ``disk.path``, the
     image it writes to now, becomes the clones' frozen base."""
+
     disk: domainxml.DiskInfo
     overlay: str  # the master's new top, on disk.path
     top: str  # the symlink that names the master's top
@@ -104,8 +105,9 @@ def current_top(path: str) -> str:
 class _StreamReader(native.thread_class()):  # type: ignore[misc]
     """Splits the migration stream while QEMU writes it."""
 
-    def __init__(self, source: BinaryIO, splitter: migstream.StreamSplitter,
-                 device_out: BinaryIO) -> None:
+    def __init__(
+        self, source: BinaryIO, splitter: migstream.StreamSplitter, device_out: BinaryIO
+    ) -> None:
         super().__init__(name="bless-stream", daemon=True)
         self._source = source
         self._device_out = device_out
@@ -132,15 +134,22 @@ class BlessOptions:
     @classmethod
     def from_group(cls, group: Any, **overrides: Any) -> BlessOptions:
         """From the ``[clone]`` options (``CONF.clone``) of nova-clone or nova."""
-        return cls(downtime_limit_ms=group.bless_downtime_limit_ms,
-                   timeout_s=group.bless_timeout_s,
-                   max_disk_layers=group.max_disk_layers, **overrides)
+        return cls(
+            downtime_limit_ms=group.bless_downtime_limit_ms,
+            timeout_s=group.bless_timeout_s,
+            max_disk_layers=group.max_disk_layers,
+            **overrides,
+        )
 
 
-def bless(conn: libvirt.virConnect, store: store_mod.SnapshotStore,
-          domain_name: str, options: BlessOptions,
-          chown: Callable[[str, int, int], None] = os.chown,
-          bound_to: dict[str, str] | None = None) -> store_mod.Generation:
+def bless(
+    conn: libvirt.virConnect,
+    store: store_mod.SnapshotStore,
+    domain_name: str,
+    options: BlessOptions,
+    chown: Callable[[str, int, int], None] = os.chown,
+    bound_to: dict[str, str] | None = None,
+) -> store_mod.Generation:
     """Freeze the running domain ``domain_name``; return the new generation.
 
     ``chown`` gives the memory image to QEMU's user (clones map it): a
@@ -153,16 +162,18 @@ def bless(conn: libvirt.virConnect, store: store_mod.SnapshotStore,
         raise BlessError(f"no domain {domain_name!r}: {exc.get_error_message()}") from exc
     if domain.state()[0] != libvirt.VIR_DOMAIN_RUNNING:
         raise BlessError(f"domain {domain_name!r} is not running")
-    master_xml = domain.XMLDesc(libvirt.VIR_DOMAIN_XML_SECURE
-                                | libvirt.VIR_DOMAIN_XML_MIGRATABLE)
+    master_xml = domain.XMLDesc(libvirt.VIR_DOMAIN_XML_SECURE | libvirt.VIR_DOMAIN_XML_MIGRATABLE)
     root = domainxml.parse(master_xml)
     if domainxml.is_clone(root):
-        raise BlessError(f"domain {domain_name!r} is a live clone: clones of clones "
-                         "are not supported (bless its master instead)")
+        raise BlessError(
+            f"domain {domain_name!r} is a live clone: clones of clones "
+            "are not supported (bless its master instead)"
+        )
     if options.require_genid and not domainxml.has_genid(root):
         raise NoGenerationID(
             f"domain {domain_name!r} has no VM generation ID (<genid/>): its clones "
-            "would all continue with its kernel's RNG state")
+            "would all continue with its kernel's RNG state"
+        )
     try:
         disks = domainxml.writable_disks(root)
     except domainxml.DomainXMLError as exc:
@@ -176,11 +187,13 @@ def bless(conn: libvirt.virConnect, store: store_mod.SnapshotStore,
     try:
         memory_size = domainxml.memory_bytes(root)
         image = memimage.MemoryImageWriter(
-            os.path.join(workdir, store_mod.MEMORY_IMAGE_FILE), memory_size)
+            os.path.join(workdir, store_mod.MEMORY_IMAGE_FILE), memory_size
+        )
         device_path = os.path.join(workdir, store_mod.DEVICE_STREAM_FILE)
         started = time.monotonic()
-        reader, pause_ms = _migrate(domain, root.get("type", ""), image, device_path,
-                                    layers, generation_id, options)
+        reader, pause_ms = _migrate(
+            domain, root.get("type", ""), image, device_path, layers, generation_id, options
+        )
         chunks = image.close()
         frozen = [_keep_frozen_base(disk, workdir) for disk in disks]
         uid, gid = hostinfo.qemu_user_ids(conn)
@@ -209,38 +222,57 @@ def bless(conn: libvirt.virConnect, store: store_mod.SnapshotStore,
         store.discard_partial(workdir)
         raise
     if not generation.has_genid:
-        LOG.warning("Domain %s has no <genid/>: its clones cannot be told they "
-                    "are clones and will share RNG state", domain_name)
-    LOG.info("Blessed %s as generation %s in %.0f ms (master paused %.1f ms, "
-             "%d of %d chunks hold data)", domain_name, generation_id,
-             (time.monotonic() - started) * 1000, pause_ms,
-             sum(1 for c in chunks if c), len(chunks))
+        LOG.warning(
+            "Domain %s has no <genid/>: its clones cannot be told they "
+            "are clones and will share RNG state",
+            domain_name,
+        )
+    LOG.info(
+        "Blessed %s as generation %s in %.0f ms (master paused %.1f ms, "
+        "%d of %d chunks hold data)",
+        domain_name,
+        generation_id,
+        (time.monotonic() - started) * 1000,
+        pause_ms,
+        sum(1 for c in chunks if c),
+        len(chunks),
+    )
     return generation
 
 
-def _migrate(domain: libvirt.virDomain, domain_type: str,
-             image: memimage.MemoryImageWriter, device_path: str,
-             layers: list[_DiskLayers], generation_id: str,
-             options: BlessOptions) -> tuple[_StreamReader, float]:
+def _migrate(
+    domain: libvirt.virDomain,
+    domain_type: str,
+    image: memimage.MemoryImageWriter,
+    device_path: str,
+    layers: list[_DiskLayers],
+    generation_id: str,
+    options: BlessOptions,
+) -> tuple[_StreamReader, float]:
     saved = qmp.command(domain, "query-migrate-parameters")
     read_fd, write_fd = os.pipe()
     device_out = open(device_path, "wb")  # noqa: SIM115 (the reader closes it)
-    splitter = migstream.StreamSplitter(
-        image, device_out, domainxml.CLONE_RAM_BACKEND_ID.encode())
-    reader = _StreamReader(os.fdopen(read_fd, "rb", buffering=_PIPE_BUFFER_BYTES),
-                           splitter, device_out)
+    splitter = migstream.StreamSplitter(image, device_out, domainxml.CLONE_RAM_BACKEND_ID.encode())
+    reader = _StreamReader(
+        os.fdopen(read_fd, "rb", buffering=_PIPE_BUFFER_BYTES), splitter, device_out
+    )
     reader.start()  # reads until every writer of the pipe has closed it
     fdname = f"clone-bless-{generation_id[:8]}"
     disks_switched = False
     try:
         _prepare_overlays(layers)
-        qmp.command(domain, "migrate-set-capabilities", capabilities=[
-            {"capability": "pause-before-switchover", "state": True}])
+        qmp.command(
+            domain,
+            "migrate-set-capabilities",
+            capabilities=[{"capability": "pause-before-switchover", "state": True}],
+        )
         downtime_limit_ms = options.downtime_limit_ms
         if domain_type == "qemu":
             downtime_limit_ms = 0  # see the module's docstring
-        parameters: dict[str, Any] = {"downtime-limit": downtime_limit_ms,
-                                      "max-bandwidth": 1 << 40}
+        parameters: dict[str, Any] = {
+            "downtime-limit": downtime_limit_ms,
+            "max-bandwidth": 1 << 40,
+        }
         qmp.command(domain, "migrate-set-parameters", **parameters)
         try:
             qmp.command(domain, "getfd", files=[write_fd], fdname=fdname)
@@ -265,11 +297,16 @@ def _migrate(domain: libvirt.virDomain, domain_type: str,
         # (about a millisecond) earlier. QEMU's own "downtime" is not used:
         # it leaves out the resume, and reads 0 when polled right at completion.
         pause_ms = (resumed_at - paused_at) * 1000
-        LOG.debug("Bless pause of %s: %.1f ms (disks %.1f ms, final pages and "
-                  "device state %.1f ms, resume %.1f ms; QEMU says downtime %s ms)",
-                  domain.name(), pause_ms, (frozen_at - paused_at) * 1000,
-                  (completed_at - frozen_at) * 1000, (resumed_at - completed_at) * 1000,
-                  info.get("downtime"))
+        LOG.debug(
+            "Bless pause of %s: %.1f ms (disks %.1f ms, final pages and "
+            "device state %.1f ms, resume %.1f ms; QEMU says downtime %s ms)",
+            domain.name(),
+            pause_ms,
+            (frozen_at - paused_at) * 1000,
+            (completed_at - frozen_at) * 1000,
+            (resumed_at - completed_at) * 1000,
+            info.get("downtime"),
+        )
     except BaseException as exc:
         _abort(domain, fdname)
         reader.join()
@@ -282,13 +319,15 @@ def _migrate(domain: libvirt.virDomain, domain_type: str,
         _restore_settings(domain, saved)
     reader.join()
     if reader.error:
-        raise BlessError(f"bless of {domain.name()} produced a stream this "
-                         f"engine cannot use: {reader.error}")
+        raise BlessError(
+            f"bless of {domain.name()} produced a stream this engine cannot use: {reader.error}"
+        )
     return reader, pause_ms
 
 
-def _wait_for(domain: libvirt.virDomain, states: tuple[str, ...],
-              deadline: float) -> dict[str, Any]:
+def _wait_for(
+    domain: libvirt.virDomain, states: tuple[str, ...], deadline: float
+) -> dict[str, Any]:
     while True:
         info: dict[str, Any] = qmp.command(domain, "query-migrate")
         status = info.get("status")
@@ -297,8 +336,10 @@ def _wait_for(domain: libvirt.virDomain, states: tuple[str, ...],
         if status in ("failed", "cancelled"):
             raise BlessError(f"migration {status}: {info.get('error-desc', '')}")
         if time.monotonic() > deadline:
-            raise BlessError(f"migration did not reach {states[0]} in time "
-                             "(is the guest dirtying memory faster than it streams?)")
+            raise BlessError(
+                f"migration did not reach {states[0]} in time "
+                "(is the guest dirtying memory faster than it streams?)"
+            )
         time.sleep(_POLL_INTERVAL_S)
 
 
@@ -318,21 +359,24 @@ def _prepare_overlays(layers: list[_DiskLayers]) -> None:
         qemuimg.create_overlay(layer.disk.path, layer.disk.format, layer.overlay)
 
 
-def _freeze_disks(domain: libvirt.virDomain, layers: list[_DiskLayers],
-                  generation_id: str) -> None:
+def _freeze_disks(
+    domain: libvirt.virDomain, layers: list[_DiskLayers], generation_id: str
+) -> None:
     if not layers:
         return
     entries = "".join(
         f"<disk name='{layer.disk.target}' snapshot='external'>"
         f"<source file='{layer.overlay}'/></disk>"
-        for layer in layers)
+        for layer in layers
+    )
     domain.snapshotCreateXML(
         f"<domainsnapshot><name>clone-{generation_id}</name><disks>{entries}</disks>"
         "</domainsnapshot>",
         libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY
         | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_NO_METADATA
         | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_REUSE_EXT
-        | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_ATOMIC)
+        | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_ATOMIC,
+    )
 
 
 def _point(link: str, overlay: str) -> None:
@@ -347,8 +391,10 @@ def _point(link: str, overlay: str) -> None:
 
 def _abort(domain: libvirt.virDomain, fdname: str) -> None:
     """Cancel the migration (QEMU then closes the pipe) and let the master run."""
-    cancel: list[tuple[str, dict[str, Any]]] = [("migrate_cancel", {}),
-                                                ("closefd", {"fdname": fdname})]
+    cancel: list[tuple[str, dict[str, Any]]] = [
+        ("migrate_cancel", {}),
+        ("closefd", {"fdname": fdname}),
+    ]
     for command, arguments in cancel:
         try:
             qmp.command(domain, command, **arguments)
@@ -367,11 +413,16 @@ def _abort(domain: libvirt.virDomain, fdname: str) -> None:
 
 def _restore_settings(domain: libvirt.virDomain, saved: dict[str, Any]) -> None:
     try:
-        qmp.command(domain, "migrate-set-capabilities", capabilities=[
-            {"capability": "pause-before-switchover", "state": False}])
-        qmp.command(domain, "migrate-set-parameters", **{
-            "downtime-limit": saved["downtime-limit"],
-            "max-bandwidth": saved["max-bandwidth"]})
+        qmp.command(
+            domain,
+            "migrate-set-capabilities",
+            capabilities=[{"capability": "pause-before-switchover", "state": False}],
+        )
+        qmp.command(
+            domain,
+            "migrate-set-parameters",
+            **{"downtime-limit": saved["downtime-limit"], "max-bandwidth": saved["max-bandwidth"]},
+        )
     except qmp.QMPError:
         LOG.exception("Could not restore migration settings of %s", domain.name())
 
@@ -381,8 +432,10 @@ def _check_backing(disk: domainxml.DiskInfo, max_layers: int) -> None:
         return
     backing = qemuimg.backing_file(disk.path)
     if backing and not os.path.isabs(backing):
-        raise BlessError(f"disk {disk.target} has a relative backing file "
-                         f"({backing}); clones need an absolute one")
+        raise BlessError(
+            f"disk {disk.target} has a relative backing file "
+            f"({backing}); clones need an absolute one"
+        )
     # Every bless adds a layer under the master; past the limit, reads of
     # old blocks walk too far. Flattening (a block pull) resets the count.
     layers = qemuimg.chain_length(disk.path)
@@ -390,7 +443,8 @@ def _check_backing(disk: domainxml.DiskInfo, max_layers: int) -> None:
         raise BlessError(
             f"disk {disk.target} already has {layers} layers in its backing chain "
             f"and a bless adds one: more than the limit of {max_layers} (flatten "
-            f"the disk first, e.g. virsh blockpull <domain> {disk.target} --wait)")
+            f"the disk first, e.g. virsh blockpull <domain> {disk.target} --wait)"
+        )
 
 
 def _keep_frozen_base(disk: domainxml.DiskInfo, workdir: str) -> dict[str, str]:
@@ -408,4 +462,3 @@ def _keep_frozen_base(disk: domainxml.DiskInfo, workdir: str) -> dict[str, str]:
         shutil.copyfile(disk.path, base)
         os.chmod(base, _FROZEN_MODE)
     return {"target": disk.target, "format": disk.format, "base": relative}
-

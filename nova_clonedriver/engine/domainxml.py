@@ -19,8 +19,16 @@ QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
 CLONE_RAM_BACKEND_ID = "clone-ram"
 ET.register_namespace("qemu", QEMU_NS)
 
-_MEMORY_UNITS = {"b": 1, "bytes": 1, "KiB": 1 << 10, "k": 1 << 10,
-                 "MiB": 1 << 20, "M": 1 << 20, "GiB": 1 << 30, "G": 1 << 30}
+_MEMORY_UNITS = {
+    "b": 1,
+    "bytes": 1,
+    "KiB": 1 << 10,
+    "k": 1 << 10,
+    "MiB": 1 << 20,
+    "M": 1 << 20,
+    "GiB": 1 << 30,
+    "G": 1 << 30,
+}
 
 
 class DomainXMLError(Exception):
@@ -66,7 +74,8 @@ def writable_disks(root: ET.Element) -> list[DiskInfo]:
         if disk.get("type") != "file" or source is None or target is None:
             raise DomainXMLError(
                 f"disk {target.get('dev') if target is not None else '?'} is of "
-                f"type {disk.get('type')!r}: only file-backed disks can be frozen")
+                f"type {disk.get('type')!r}: only file-backed disks can be frozen"
+            )
         if disk.find("shareable") is not None:
             raise DomainXMLError(f"disk {target.get('dev')} is shareable")
         fmt = driver.get("type", "raw") if driver is not None else "raw"
@@ -82,8 +91,10 @@ def has_genid(root: ET.Element) -> bool:
 
 def is_clone(root: ET.Element) -> bool:
     """Whether the domain runs from a generation's memory image."""
-    return any(f"id={CLONE_RAM_BACKEND_ID}," in (arg.get("value") or "")
-               for arg in root.iterfind(f"{{{QEMU_NS}}}commandline/{{{QEMU_NS}}}arg"))
+    return any(
+        f"id={CLONE_RAM_BACKEND_ID}," in (arg.get("value") or "")
+        for arg in root.iterfind(f"{{{QEMU_NS}}}commandline/{{{QEMU_NS}}}arg")
+    )
 
 
 def random_mac() -> str:
@@ -100,8 +111,9 @@ class CloneIdentity:
     overlays: dict[str, str]  # disk target -> overlay path
 
 
-def clone_xml(master_xml: str, identity: CloneIdentity, memory_image: str | None,
-              size_bytes: int) -> str:
+def clone_xml(
+    master_xml: str, identity: CloneIdentity, memory_image: str | None, size_bytes: int
+) -> str:
     """The restore XML of one clone (its NICs still carry the master's MACs:
     the device state does too; launch swaps them once the clone runs).
 
@@ -130,8 +142,7 @@ def clone_xml(master_xml: str, identity: CloneIdentity, memory_image: str | None
             disk.remove(backing)
         source, driver = disk.find("source"), disk.find("driver")
         if source is None or driver is None:
-            raise ValueError(f"disk {target.get('dev')} of the domain XML has no "
-                             "source or driver")
+            raise ValueError(f"disk {target.get('dev')} of the domain XML has no source or driver")
         source.set("file", identity.overlays[target.get("dev", "")])
         driver.set("type", "qcow2")
     for kind in ("serial", "console", "channel", "parallel"):
@@ -155,8 +166,10 @@ def _add_memory_backend(root: ET.Element, memory_image: str, size_bytes: int) ->
     commandline = root.find(f"{{{QEMU_NS}}}commandline")
     if commandline is None:
         commandline = ET.SubElement(root, f"{{{QEMU_NS}}}commandline")
-    backend = (f"memory-backend-file,id={CLONE_RAM_BACKEND_ID},mem-path={memory_image},"
-               f"share=off,size={size_bytes}")
+    backend = (
+        f"memory-backend-file,id={CLONE_RAM_BACKEND_ID},mem-path={memory_image},"
+        f"share=off,size={size_bytes}"
+    )
     for value in ("-object", backend, "-machine", f"memory-backend={CLONE_RAM_BACKEND_ID}"):
         ET.SubElement(commandline, f"{{{QEMU_NS}}}arg", value=value)
 

@@ -52,6 +52,7 @@ class LaunchError(RuntimeError):
 class CloneSpec:
     """Who a clone is, when the caller decides it (nova: the instance's
     name, UUID, folder and NICs) instead of the engine."""
+
     name: str
     uuid: str
     directory: str
@@ -76,10 +77,16 @@ class Clone:
     phases_ms: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
-def launch(conn: libvirt.virConnect, store: store_mod.SnapshotStore,
-           generation_id: str, count: int = 1, name_prefix: str | None = None,
-           max_parallel: int = 8, specs: list[CloneSpec] | None = None,
-           on_clone_started: Callable[[Clone], None] | None = None) -> list[Clone]:
+def launch(
+    conn: libvirt.virConnect,
+    store: store_mod.SnapshotStore,
+    generation_id: str,
+    count: int = 1,
+    name_prefix: str | None = None,
+    max_parallel: int = 8,
+    specs: list[CloneSpec] | None = None,
+    on_clone_started: Callable[[Clone], None] | None = None,
+) -> list[Clone]:
     """Start ``count`` clones of the generation (or one per spec), up to
     ``max_parallel`` at once.
 
@@ -96,8 +103,7 @@ def launch(conn: libvirt.virConnect, store: store_mod.SnapshotStore,
         prefix = name_prefix or f"{generation.source_domain}-clone"
         specs = [_engine_spec(store, prefix) for _ in range(count)]
     with concurrent.futures.ThreadPoolExecutor(min(count, max_parallel)) as pool:
-        futures = [pool.submit(_launch_one, conn, store, generation, spec)
-                   for spec in specs]
+        futures = [pool.submit(_launch_one, conn, store, generation, spec) for spec in specs]
         if on_clone_started is not None:
             for future in concurrent.futures.as_completed(futures):
                 if future.exception() is None:
@@ -109,8 +115,10 @@ def launch(conn: libvirt.virConnect, store: store_mod.SnapshotStore,
             except Exception as exc:
                 errors.append(str(exc))
     if errors:
-        raise LaunchError(f"{len(errors)} of {count} clones failed to start: "
-                          + "; ".join(sorted(set(errors))), launched)
+        raise LaunchError(
+            f"{len(errors)} of {count} clones failed to start: " + "; ".join(sorted(set(errors))),
+            launched,
+        )
     return launched
 
 
@@ -131,12 +139,12 @@ def verify(generation: store_mod.Generation) -> None:
     node) is not read here: the page service checks every chunk as it
     arrives."""
     for path in [generation.memory_image, generation.device_stream] + [
-            generation.disk_base(d) for d in generation.disks]:
+        generation.disk_base(d) for d in generation.disks
+    ]:
         if not os.path.exists(path):
             raise LaunchError(f"snapshot {generation.id} is damaged: {path} is missing")
     if store_mod.sha256_file(generation.device_stream) != generation.device_stream_sha256:
-        raise LaunchError(f"snapshot {generation.id} is damaged: device "
-                          "state checksum mismatch")
+        raise LaunchError(f"snapshot {generation.id} is damaged: device state checksum mismatch")
     if generation.origin:
         return
     st = os.stat(generation.memory_image)
@@ -149,35 +157,53 @@ def verify(generation: store_mod.Generation) -> None:
     except (OSError, ValueError):
         pass
     if st.st_size != generation.memory_bytes:
-        raise LaunchError(f"snapshot {generation.id} is damaged: memory image is "
-                          f"{st.st_size} bytes, not {generation.memory_bytes}")
+        raise LaunchError(
+            f"snapshot {generation.id} is damaged: memory image is "
+            f"{st.st_size} bytes, not {generation.memory_bytes}"
+        )
     bad = memimage.find_bad_chunks(generation.memory_image, generation.chunks)
     if bad:
-        raise LaunchError(f"snapshot {generation.id} is damaged: {len(bad)} memory "
-                          f"chunk(s) fail their checksum (first: chunk {bad[0]})")
+        raise LaunchError(
+            f"snapshot {generation.id} is damaged: {len(bad)} memory "
+            f"chunk(s) fail their checksum (first: chunk {bad[0]})"
+        )
     store_mod.write_json_atomic(marker, fingerprint)
 
 
 def _engine_spec(store: store_mod.SnapshotStore, prefix: str) -> CloneSpec:
     clone_uuid = str(uuid.uuid4())
-    return CloneSpec(name=f"{prefix}-{clone_uuid[:8]}", uuid=clone_uuid,
-                     directory=store.clone_dir(clone_uuid))
+    return CloneSpec(
+        name=f"{prefix}-{clone_uuid[:8]}", uuid=clone_uuid, directory=store.clone_dir(clone_uuid)
+    )
 
 
-def _launch_one(conn: libvirt.virConnect, store: store_mod.SnapshotStore,
-                generation: store_mod.Generation, spec: CloneSpec) -> Clone:
+def _launch_one(
+    conn: libvirt.virConnect,
+    store: store_mod.SnapshotStore,
+    generation: store_mod.Generation,
+    spec: CloneSpec,
+) -> Clone:
     started = time.monotonic()
     clone_uuid, directory = spec.uuid, spec.directory
     identity = domainxml.CloneIdentity(
-        name=spec.name, uuid=clone_uuid, genid=str(uuid.uuid4()),
+        name=spec.name,
+        uuid=clone_uuid,
+        genid=str(uuid.uuid4()),
         directory=directory,
-        overlays={d["target"]: os.path.join(directory, f"{d['target']}.qcow2")
-                  for d in generation.disks})
+        overlays={
+            d["target"]: os.path.join(directory, f"{d['target']}.qcow2") for d in generation.disks
+        },
+    )
     ref = store_mod.CloneReference(
-        uuid=clone_uuid, name=identity.name, generation=generation.id,
-        directory=directory, overlays=identity.overlays, mac_addresses=[],
+        uuid=clone_uuid,
+        name=identity.name,
+        generation=generation.id,
+        directory=directory,
+        overlays=identity.overlays,
+        mac_addresses=[],
         created_at=datetime.datetime.now(datetime.timezone.utc).isoformat(),
-        caller_managed=spec.caller_managed)
+        caller_managed=spec.caller_managed,
+    )
     store.add_reference(generation, ref)
     domain = None
     try:
@@ -186,8 +212,9 @@ def _launch_one(conn: libvirt.virConnect, store: store_mod.SnapshotStore,
         for disk in generation.disks:
             _copy_overlay_template(generation, disk, identity.overlays[disk["target"]])
         overlays_at = time.monotonic()
-        xml = domainxml.clone_xml(generation.domain_xml, identity,
-                                  generation.memory_image, generation.memory_bytes)
+        xml = domainxml.clone_xml(
+            generation.domain_xml, identity, generation.memory_image, generation.memory_bytes
+        )
         save_path = os.path.join(directory, RESTORE_FILE)
         with open(save_path, "wb") as save, open(generation.device_stream, "rb") as stream:
             save.write(savefile.build_header(xml))
@@ -201,12 +228,20 @@ def _launch_one(conn: libvirt.virConnect, store: store_mod.SnapshotStore,
         restored_at = time.monotonic()
         restore_ms = (restored_at - started) * 1000
         ref.mac_addresses = _swap_nics(domain, spec.interfaces)
-        phases_ms = {name: round((end - begin) * 1000, 1) for name, begin, end in [
-            ("overlays", started, overlays_at), ("save_image", overlays_at, saved_at),
-            ("libvirt_restore", saved_at, restored_at),
-            ("nic_swap", restored_at, time.monotonic())]}
-        LOG.debug("Start of clone %s: %s", identity.name,
-                  ", ".join(f"{name} {ms:.0f} ms" for name, ms in phases_ms.items()))
+        phases_ms = {
+            name: round((end - begin) * 1000, 1)
+            for name, begin, end in [
+                ("overlays", started, overlays_at),
+                ("save_image", overlays_at, saved_at),
+                ("libvirt_restore", saved_at, restored_at),
+                ("nic_swap", restored_at, time.monotonic()),
+            ]
+        }
+        LOG.debug(
+            "Start of clone %s: %s",
+            identity.name,
+            ", ".join(f"{name} {ms:.0f} ms" for name, ms in phases_ms.items()),
+        )
         ref.started = True
         store.add_reference(generation, ref)
     except Exception as exc:
@@ -216,24 +251,34 @@ def _launch_one(conn: libvirt.virConnect, store: store_mod.SnapshotStore,
         store.drop_reference(generation, clone_uuid)
         message = exc.get_error_message() if isinstance(exc, libvirt.libvirtError) else exc
         raise LaunchError(f"clone {identity.name}: {message}") from exc
-    clone = Clone(name=identity.name, uuid=clone_uuid, generation=generation.id,
-                  mac_addresses=ref.mac_addresses, restore_ms=round(restore_ms, 1),
-                  ready_ms=round((time.monotonic() - started) * 1000, 1),
-                  phases_ms=phases_ms)
-    LOG.info("Clone %s of %s running after %.0f ms, ready after %.0f ms",
-             clone.name, generation.id, clone.restore_ms, clone.ready_ms)
+    clone = Clone(
+        name=identity.name,
+        uuid=clone_uuid,
+        generation=generation.id,
+        mac_addresses=ref.mac_addresses,
+        restore_ms=round(restore_ms, 1),
+        ready_ms=round((time.monotonic() - started) * 1000, 1),
+        phases_ms=phases_ms,
+    )
+    LOG.info(
+        "Clone %s of %s running after %.0f ms, ready after %.0f ms",
+        clone.name,
+        generation.id,
+        clone.restore_ms,
+        clone.ready_ms,
+    )
     return clone
 
 
-def _copy_overlay_template(generation: store_mod.Generation, disk: dict[str, str],
-                           overlay: str) -> None:
+def _copy_overlay_template(
+    generation: store_mod.Generation, disk: dict[str, str], overlay: str
+) -> None:
     """A clone's disk: a copy of an empty overlay on the generation's frozen
     disk, made by qemu-img once per generation and host. An empty qcow2
     overlay holds nothing of its own, so every clone's starts alike, and a
     copy of its few KiB costs a clone no qemu-img run (8-17 ms and a process
     each, measured here)."""
-    template = os.path.join(generation.directory,
-                            OVERLAY_TEMPLATE.format(target=disk["target"]))
+    template = os.path.join(generation.directory, OVERLAY_TEMPLATE.format(target=disk["target"]))
     if not os.path.exists(template):
         partial = f"{template}.{uuid.uuid4().hex[:8]}.partial"
         try:
@@ -264,8 +309,7 @@ def _swap_nics(domain: libvirt.virDomain, replacements: list[str] | None) -> lis
     live = domainxml.parse(domain.XMLDesc(0))
     masters = domainxml.interfaces(live)
     if replacements is None:
-        replacements = [domainxml.interface_with_mac(i, domainxml.random_mac())
-                        for i in masters]
+        replacements = [domainxml.interface_with_mac(i, domainxml.random_mac()) for i in masters]
     for interface in masters:
         alias = interface.find("alias")
         if alias is None:
@@ -284,4 +328,3 @@ def destroy_domain(domain: libvirt.virDomain | None) -> None:
     except libvirt.libvirtError as exc:
         if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
             LOG.warning("Could not destroy %s: %s", domain.name(), exc)
-

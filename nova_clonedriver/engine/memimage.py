@@ -36,8 +36,9 @@ class MemoryImageWriter:
 
     def write_page(self, offset: int, data: bytes) -> None:
         run_end = self._run_offset + len(self._run) * PAGE_SIZE_BYTES
-        if self._run and (offset != run_end
-                          or len(self._run) * PAGE_SIZE_BYTES >= _COALESCE_MAX_BYTES):
+        if self._run and (
+            offset != run_end or len(self._run) * PAGE_SIZE_BYTES >= _COALESCE_MAX_BYTES
+        ):
             self._flush()
         if not self._run:
             self._run_offset = offset
@@ -62,7 +63,7 @@ class MemoryImageWriter:
         per_chunk = CHUNK_SIZE_BYTES // PAGE_SIZE_BYTES
         checksums: list[str | None] = []
         for chunk in range(chunk_count(self.size_bytes)):
-            pages = self._has_data[chunk * per_chunk:(chunk + 1) * per_chunk]
+            pages = self._has_data[chunk * per_chunk : (chunk + 1) * per_chunk]
             if any(pages):
                 data = os.pread(self._fd, CHUNK_SIZE_BYTES, chunk * CHUNK_SIZE_BYTES)
                 checksums.append(hashlib.sha256(data).hexdigest())
@@ -95,8 +96,14 @@ def chunk_matches(data: bytes, expected: str | None) -> bool:
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mmap.restype = ctypes.c_void_p
-_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int,
-                       ctypes.c_int, ctypes.c_int, ctypes.c_long]
+_libc.mmap.argtypes = [
+    ctypes.c_void_p,
+    ctypes.c_size_t,
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.c_long,
+]
 _libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
 _libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
 _MAP_FAILED = ctypes.c_void_p(-1).value

@@ -38,8 +38,9 @@ RAM_SAVE_FLAG_MEM_SIZE = 0x04
 RAM_SAVE_FLAG_PAGE = 0x08
 RAM_SAVE_FLAG_EOS = 0x10
 RAM_SAVE_FLAG_CONTINUE = 0x20
-RAM_SAVE_FLAGS_SUPPORTED = (RAM_SAVE_FLAG_ZERO | RAM_SAVE_FLAG_PAGE
-                            | RAM_SAVE_FLAG_EOS | RAM_SAVE_FLAG_CONTINUE)
+RAM_SAVE_FLAGS_SUPPORTED = (
+    RAM_SAVE_FLAG_ZERO | RAM_SAVE_FLAG_PAGE | RAM_SAVE_FLAG_EOS | RAM_SAVE_FLAG_CONTINUE
+)
 
 PAGE_SIZE_BYTES = 4096
 _FLAGS_MASK = PAGE_SIZE_BYTES - 1
@@ -99,8 +100,13 @@ class StreamSplitter:
         (the id of the clone's file-backed memory backend).
     """
 
-    def __init__(self, sink: PageSink, device_out: BinaryIO,
-                 renamed_block: bytes, main_block: bytes | None = None) -> None:
+    def __init__(
+        self,
+        sink: PageSink,
+        device_out: BinaryIO,
+        renamed_block: bytes,
+        main_block: bytes | None = None,
+    ) -> None:
         self._sink = sink
         self._out = device_out
         self._renamed = renamed_block
@@ -149,8 +155,10 @@ class StreamSplitter:
         name = reader.idstr()
         instance_id, version_id = reader.be32(), reader.be32()
         if name != b"ram":
-            raise StreamError(f"iterable section {name!r} is not supported "
-                              "(only RAM may be migrated iteratively)")
+            raise StreamError(
+                f"iterable section {name!r} is not supported "
+                "(only RAM may be migrated iteratively)"
+            )
         self._ram_section_id = section_id
         total = reader.be64()
         if not total & RAM_SAVE_FLAG_MEM_SIZE:
@@ -164,8 +172,9 @@ class StreamSplitter:
         if remaining != 0:
             raise StreamError("RAM block list does not add up to its total")
         if reader.be64() != RAM_SAVE_FLAG_EOS:
-            raise StreamError("RAM block list has extra fields (postcopy or "
-                              "x-ignore-shared enabled?)")
+            raise StreamError(
+                "RAM block list has extra fields (postcopy or x-ignore-shared enabled?)"
+            )
         if self.main_block is None:
             self.main_block = max(blocks, key=lambda b: b[1])[0]
         sizes = dict(blocks)
@@ -174,12 +183,18 @@ class StreamSplitter:
         self.main_block_size_bytes = sizes[self.main_block]
 
         out = io.BytesIO()
-        out.write(bytes([QEMU_VM_SECTION_START]) + _BE32.pack(section_id)
-                  + _idstr(name) + _BE32.pack(instance_id) + _BE32.pack(version_id)
-                  + _BE64.pack(total))
+        out.write(
+            bytes([QEMU_VM_SECTION_START])
+            + _BE32.pack(section_id)
+            + _idstr(name)
+            + _BE32.pack(instance_id)
+            + _BE32.pack(version_id)
+            + _BE64.pack(total)
+        )
         for block, size in blocks:
-            out.write(_idstr(self._renamed if block == self.main_block else block)
-                      + _BE64.pack(size))
+            out.write(
+                _idstr(self._renamed if block == self.main_block else block) + _BE64.pack(size)
+            )
         out.write(_BE64.pack(RAM_SAVE_FLAG_EOS))
         self._out.write(out.getvalue())
         self._footer(reader)
@@ -189,8 +204,9 @@ class StreamSplitter:
             header = reader.be64()
             flags, offset = header & _FLAGS_MASK, header & ~_FLAGS_MASK
             if flags & ~RAM_SAVE_FLAGS_SUPPORTED:
-                raise StreamError(f"unsupported RAM record flags {flags:#x} "
-                                  "(compression or xbzrle enabled?)")
+                raise StreamError(
+                    f"unsupported RAM record flags {flags:#x} (compression or xbzrle enabled?)"
+                )
             if flags & RAM_SAVE_FLAG_EOS:
                 self._out.write(_BE64.pack(header))
                 break

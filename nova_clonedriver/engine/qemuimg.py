@@ -10,13 +10,20 @@ from typing import Any
 def create_overlay(base: str, base_format: str, overlay: str) -> None:
     """A qcow2 overlay on ``base``: the master's new top at bless, each
     clone's disk at launch."""
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", base,
-                    "-F", base_format, overlay], check=True, capture_output=True)
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-b", base, "-F", base_format, overlay],
+        check=True,
+        capture_output=True,
+    )
 
 
 def _info(image: str, *options: str) -> Any:
-    out = subprocess.run(["qemu-img", "info", "-U", "--output=json", *options, image],
-                         check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        ["qemu-img", "info", "-U", "--output=json", *options, image],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     return json.loads(out)
 
 

@@ -18,8 +18,9 @@ class QMPError(RuntimeError):
     pass
 
 
-def command(domain: libvirt.virDomain, name: str, files: list[int] | None = None,
-            **arguments: Any) -> Any:
+def command(
+    domain: libvirt.virDomain, name: str, files: list[int] | None = None, **arguments: Any
+) -> Any:
     request: dict[str, Any] = {"execute": name}
     if arguments:
         request["arguments"] = arguments

@@ -32,8 +32,7 @@ def build_header(domain_xml: str, cookie_xml: str | None = None) -> bytes:
     if cookie_xml:
         cookie_offset = len(data)
         data += cookie_xml.encode() + b"\0"
-    fields = [SAVE_MAGIC, SAVE_VERSION, len(data), 1, COMPRESSION_RAW,
-              cookie_offset] + [0] * 14
+    fields = [SAVE_MAGIC, SAVE_VERSION, len(data), 1, COMPRESSION_RAW, cookie_offset] + [0] * 14
     return _HEADER.pack(*fields) + data
 
 
@@ -43,8 +42,7 @@ def read_header(source: BinaryIO) -> tuple[str, str | None]:
     raw = source.read(HEADER_SIZE_BYTES)
     if len(raw) != HEADER_SIZE_BYTES:
         raise SaveImageError("save image shorter than its header")
-    magic, version, data_len, _running, compressed, cookie_offset, *_ = \
-        _HEADER.unpack(raw)
+    magic, version, data_len, _running, compressed, cookie_offset, *_ = _HEADER.unpack(raw)
     if magic != SAVE_MAGIC or version != SAVE_VERSION:
         raise SaveImageError("not a version 2 libvirt save image")
     if compressed != COMPRESSION_RAW:
@@ -53,5 +51,5 @@ def read_header(source: BinaryIO) -> tuple[str, str | None]:
     xml_end = data.index(b"\0")
     cookie = None
     if cookie_offset:
-        cookie = data[cookie_offset:data.index(b"\0", cookie_offset)].decode()
+        cookie = data[cookie_offset : data.index(b"\0", cookie_offset)].decode()
     return data[:xml_end].decode(), cookie

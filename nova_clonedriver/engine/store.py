@@ -77,8 +77,9 @@ class Generation:
     def admits(self, key: str) -> bool:
         """Whether ``key`` is this generation's access key (compared in
         constant time; a generation without one admits nobody)."""
-        return bool(self.access_key) and hmac.compare_digest(key.encode(),
-                                                             self.access_key.encode())
+        return bool(self.access_key) and hmac.compare_digest(
+            key.encode(), self.access_key.encode()
+        )
 
     def disk_base(self, disk: dict[str, str]) -> str:
         return os.path.join(self.directory, disk["base"])
@@ -95,14 +96,22 @@ class Generation:
         if not isinstance(data, dict):
             raise ValueError("generation metadata is not a JSON object")
         fields = [f for f in dataclasses.fields(cls) if f.name != "directory"]
-        required = {f.name for f in fields if f.default is dataclasses.MISSING
-                    and f.default_factory is dataclasses.MISSING}
+        required = {
+            f.name
+            for f in fields
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        }
         unknown = set(data) - {f.name for f in fields}
         missing = required - set(data)
         if unknown or missing:
-            raise ValueError("generation metadata "
-                             + (f"lacks {', '.join(sorted(missing))}" if missing else
-                                f"has unknown keys {', '.join(sorted(unknown))}"))
+            raise ValueError(
+                "generation metadata "
+                + (
+                    f"lacks {', '.join(sorted(missing))}"
+                    if missing
+                    else f"has unknown keys {', '.join(sorted(unknown))}"
+                )
+            )
         return cls(directory=directory, **data)
 
 
@@ -123,6 +132,7 @@ class CloneReference:
 class PeerReference:
     """Another node's page service holds clones of a generation of this one
     (one file per node, rewritten as its clones come and go)."""
+
     node: str
     generation: str
     clones: list[str]
@@ -187,8 +197,9 @@ class SnapshotStore:
 
     def publish(self, generation: Generation, partial_dir: str) -> None:
         # Root's alone: it holds the generation's access key.
-        write_json_atomic(os.path.join(partial_dir, GENERATION_FILE), generation.to_json(),
-                          mode=0o600)
+        write_json_atomic(
+            os.path.join(partial_dir, GENERATION_FILE), generation.to_json(), mode=0o600
+        )
         final = os.path.join(self.generations_dir, generation.id)
         os.rename(partial_dir, final)
         generation.directory = final
@@ -197,41 +208,42 @@ class SnapshotStore:
         shutil.rmtree(partial_dir, ignore_errors=True)
 
     def generation_ids(self) -> list[str]:
-        return sorted(name for name in os.listdir(self.generations_dir)
-                      if not name.startswith("."))
+        return sorted(
+            name for name in os.listdir(self.generations_dir) if not name.startswith(".")
+        )
 
     def load(self, generation_id: str) -> Generation:
         """The generation whose id is or starts with ``generation_id``."""
         matches = [g for g in self.generation_ids() if g.startswith(generation_id)]
         if not generation_id or len(matches) != 1:
             raise GenerationNotFound(
-                f"no snapshot generation {generation_id!r}" if not matches else
-                f"snapshot id {generation_id!r} is ambiguous: {', '.join(matches)}")
+                f"no snapshot generation {generation_id!r}"
+                if not matches
+                else f"snapshot id {generation_id!r} is ambiguous: {', '.join(matches)}"
+            )
         directory = os.path.join(self.generations_dir, matches[0])
         try:
             with open(os.path.join(directory, GENERATION_FILE)) as f:
                 return Generation.from_json(json.load(f), directory)
         except (OSError, ValueError) as exc:
             raise GenerationNotFound(
-                f"snapshot generation {matches[0]} is damaged: {exc}") from exc
+                f"snapshot generation {matches[0]} is damaged: {exc}"
+            ) from exc
 
     def add_reference(self, generation: Generation, ref: CloneReference) -> None:
-        write_json_atomic(self._reference_path(generation, ref.uuid),
-                          dataclasses.asdict(ref))
+        write_json_atomic(self._reference_path(generation, ref.uuid), dataclasses.asdict(ref))
 
     def drop_reference(self, generation: Generation, clone_uuid: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._reference_path(generation, clone_uuid))
 
     def references(self, generation: Generation) -> list[CloneReference]:
-        return _read_records(os.path.join(generation.directory, REFERENCES_DIR),
-                             CloneReference)
+        return _read_records(os.path.join(generation.directory, REFERENCES_DIR), CloneReference)
 
     def set_peer_reference(self, generation: Generation, ref: PeerReference) -> None:
         directory = os.path.join(generation.directory, PEERS_DIR)
         os.makedirs(directory, exist_ok=True)
-        write_json_atomic(os.path.join(directory, f"{ref.node}.json"),
-                          dataclasses.asdict(ref))
+        write_json_atomic(os.path.join(directory, f"{ref.node}.json"), dataclasses.asdict(ref))
 
     def drop_peer_reference(self, generation: Generation, node: str) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -246,8 +258,8 @@ class SnapshotStore:
         peers = self.peer_references(generation)
         if peers:
             raise GenerationInUse(
-                f"snapshot {generation.id} still has clones on "
-                + ", ".join(p.node for p in peers))
+                f"snapshot {generation.id} still has clones on " + ", ".join(p.node for p in peers)
+            )
         # Rename first so a crash half-way never leaves a half generation
         # that looks whole.
         doomed = os.path.join(self.generations_dir, f".discard-{generation.id}")

@@ -19,10 +19,11 @@ class CorruptChunk(ValueError):
 
 class CachedFile:
     """:param checksums: per chunk (memory image); ``None`` for files without
-        (disks), whose chunks TLS alone protects in transit."""
+    (disks), whose chunks TLS alone protects in transit."""
 
-    def __init__(self, path: str, size_bytes: int, chunk_size_bytes: int,
-                 checksums: list[str | None] | None) -> None:
+    def __init__(
+        self, path: str, size_bytes: int, chunk_size_bytes: int, checksums: list[str | None] | None
+    ) -> None:
         self.path = path
         self.size_bytes = size_bytes
         self.chunk_size_bytes = chunk_size_bytes
@@ -34,7 +35,7 @@ class CachedFile:
         self._map_fd = os.open(f"{path}.present", os.O_RDWR | os.O_CREAT, 0o600)
         self.present = bytearray(self.chunk_count)
         stored = os.pread(self._map_fd, self.chunk_count, 0)
-        self.present[:len(stored)] = stored
+        self.present[: len(stored)] = stored
         if checksums is not None:
             # Zero chunks need no fetch: the sparse file reads as zeros.
             for chunk, checksum in enumerate(checksums):
@@ -50,13 +51,16 @@ class CachedFile:
     def store(self, chunk: int, data: bytes | None) -> None:
         """Keep a chunk from the origin (``None``: all zeros), after checking
         it against its checksum; refuse (and keep nothing of) a bad one."""
-        expected_bytes = min(self.chunk_size_bytes,
-                             self.size_bytes - chunk * self.chunk_size_bytes)
+        expected_bytes = min(
+            self.chunk_size_bytes, self.size_bytes - chunk * self.chunk_size_bytes
+        )
         if data is not None and len(data) != expected_bytes:
-            raise CorruptChunk(f"chunk {chunk} of {self.path} has {len(data)} bytes, "
-                               f"not {expected_bytes}")
+            raise CorruptChunk(
+                f"chunk {chunk} of {self.path} has {len(data)} bytes, not {expected_bytes}"
+            )
         if self.checksums is not None and not memimage.chunk_matches(
-                bytes(expected_bytes) if data is None else data, self.checksums[chunk]):
+            bytes(expected_bytes) if data is None else data, self.checksums[chunk]
+        ):
             raise CorruptChunk(f"chunk {chunk} of {self.path} fails its checksum")
         if data is not None:
             os.pwrite(self._fd, data, chunk * self.chunk_size_bytes)

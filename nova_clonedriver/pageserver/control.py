@@ -36,15 +36,13 @@ class PageServiceUnavailable(PageServiceError):
     """The page service of this node does not answer."""
 
 
-async def serve(path: str, handler: Handler,
-                group: str | None = None) -> asyncio.AbstractServer:
+async def serve(path: str, handler: Handler, group: str | None = None) -> asyncio.AbstractServer:
     """Answer requests on the unix socket ``path``: mode 0600, or 0660 and
     owned by ``group`` when given."""
     if os.path.exists(path):
         os.unlink(path)  # left by an earlier run of the service
 
-    async def connection(reader: asyncio.StreamReader,
-                         writer: asyncio.StreamWriter) -> None:
+    async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while line := await reader.readline():
                 try:
@@ -76,11 +74,19 @@ class PageServiceClient:
         self.path = path
         self.timeout_s = timeout_s
 
-    def attach(self, generation_id: str, origin: str, key: str,
-               prefetch: str = "none") -> dict[str, Any]:
+    def attach(
+        self, generation_id: str, origin: str, key: str, prefetch: str = "none"
+    ) -> dict[str, Any]:
         """``key``: the generation's access key (the origin checks it)."""
-        return self._call({"op": "attach", "generation": generation_id,
-                           "origin": origin, "key": key, "prefetch": prefetch})
+        return self._call(
+            {
+                "op": "attach",
+                "generation": generation_id,
+                "origin": origin,
+                "key": key,
+                "prefetch": prefetch,
+            }
+        )
 
     def release(self, generation_id: str) -> dict[str, Any]:
         return self._call({"op": "release", "generation": generation_id})
@@ -98,7 +104,8 @@ class PageServiceClient:
                     line = replies.readline()
         except OSError as exc:
             raise PageServiceUnavailable(
-                f"the page service does not answer on {self.path}: {exc}") from exc
+                f"the page service does not answer on {self.path}: {exc}"
+            ) from exc
         if not line:
             raise PageServiceUnavailable("the page service closed the connection")
         reply: dict[str, Any] = json.loads(line)

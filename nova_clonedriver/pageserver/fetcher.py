@@ -22,9 +22,13 @@ BULK_REQUEST_CHUNKS = 16  # per FETCH of a prefetch: several in flight at once
 
 
 class ChunkFetcher:
-    def __init__(self, generation_id: str, origin: transport.Transport,
-                 files: dict[int, cache_mod.CachedFile],
-                 stats: stats_mod.GenerationStats) -> None:
+    def __init__(
+        self,
+        generation_id: str,
+        origin: transport.Transport,
+        files: dict[int, cache_mod.CachedFile],
+        stats: stats_mod.GenerationStats,
+    ) -> None:
         self.generation_id = generation_id
         self.origin = origin
         self.files = files
@@ -35,8 +39,9 @@ class ChunkFetcher:
         """Whether chunks are on their way."""
         return bool(self._inflight)
 
-    def claim(self, file_number: int, chunks: list[int], counted: bool = True
-              ) -> tuple[list[asyncio.Future[None]], list[int]]:
+    def claim(
+        self, file_number: int, chunks: list[int], counted: bool = True
+    ) -> tuple[list[asyncio.Future[None]], list[int]]:
         """The futures to wait for until ``chunks`` are cached, and the
         chunks nobody fetches yet (the caller must ``fetch`` them).
         ``counted``: a clone asked for them (cache hits and waits go into
@@ -62,11 +67,14 @@ class ChunkFetcher:
         if that fails). ``bulk``: several pipelined requests, kept out of the
         latency samples (those are of the reads clones wait for)."""
         step = BULK_REQUEST_CHUNKS if bulk else protocol.MAX_CHUNKS_PER_FETCH
-        await asyncio.gather(*(self._fetch_one_request(file_number, chunks[i:i + step], bulk)
-                               for i in range(0, len(chunks), step)))
+        await asyncio.gather(
+            *(
+                self._fetch_one_request(file_number, chunks[i : i + step], bulk)
+                for i in range(0, len(chunks), step)
+            )
+        )
 
-    async def _fetch_one_request(self, file_number: int, chunks: list[int],
-                                 bulk: bool) -> None:
+    async def _fetch_one_request(self, file_number: int, chunks: list[int], bulk: bool) -> None:
         cached = self.files[file_number]
         loop = asyncio.get_running_loop()
         started = time.monotonic()
@@ -74,8 +82,14 @@ class ChunkFetcher:
             data = await self.origin.fetch(self.generation_id, file_number, chunks)
         except Exception as exc:
             self.stats.counters["fetch_failures"] += 1
-            LOG.error("Fetching %d chunk(s) of file %d of %s from %s failed: %s",
-                      len(chunks), file_number, self.generation_id, self.origin.address, exc)
+            LOG.error(
+                "Fetching %d chunk(s) of file %d of %s from %s failed: %s",
+                len(chunks),
+                file_number,
+                self.generation_id,
+                self.origin.address,
+                exc,
+            )
             for chunk in chunks:
                 self._settle(file_number, chunk, exc)
             return
@@ -88,8 +102,14 @@ class ChunkFetcher:
                 await loop.run_in_executor(None, cached.store, chunk, data[chunk])
             except Exception as exc:
                 self.stats.counters["fetch_failures"] += 1
-                LOG.error("Chunk %d of file %d of %s from %s refused: %s", chunk,
-                          file_number, self.generation_id, self.origin.address, exc)
+                LOG.error(
+                    "Chunk %d of file %d of %s from %s refused: %s",
+                    chunk,
+                    file_number,
+                    self.generation_id,
+                    self.origin.address,
+                    exc,
+                )
                 self._settle(file_number, chunk, exc)
                 continue
             self.stats.counters["chunks_fetched"] += 1

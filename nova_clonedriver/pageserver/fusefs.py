@@ -33,12 +33,11 @@ ATTR_TIMEOUT_S = 1.0
 
 class PagesFS(pyfuse3.Operations):
     """:param owner: (uid, gid) of QEMU's user: its files are that user's
-        alone (mode 0600, checked by the kernel: ``default_permissions``),
-        as a local generation's memory image is; the mount is
-        ``allow_other`` only so that QEMU may open them at all."""
+    alone (mode 0600, checked by the kernel: ``default_permissions``),
+    as a local generation's memory image is; the mount is
+    ``allow_other`` only so that QEMU may open them at all."""
 
-    def __init__(self, remote: remote_mod.RemoteGenerations,
-                 owner: tuple[int, int]) -> None:
+    def __init__(self, remote: remote_mod.RemoteGenerations, owner: tuple[int, int]) -> None:
         super().__init__()
         self.remote = remote
         self.owner = owner
@@ -81,21 +80,22 @@ class PagesFS(pyfuse3.Operations):
         attrs.st_nlink = 1
         attrs.st_size = file_attributes.size_bytes
         attrs.st_blocks = file_attributes.cached_bytes // 512
-        attrs.st_atime_ns = attrs.st_mtime_ns = attrs.st_ctime_ns = (
-            file_attributes.created_ns)
+        attrs.st_atime_ns = attrs.st_mtime_ns = attrs.st_ctime_ns = file_attributes.created_ns
         return attrs
 
     async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
         return self._attributes(inode)
 
-    async def setattr(self, inode: int, attr: Any, fields: Any, fh: Any,
-                      ctx: Any) -> pyfuse3.EntryAttributes:
+    async def setattr(
+        self, inode: int, attr: Any, fields: Any, fh: Any, ctx: Any
+    ) -> pyfuse3.EntryAttributes:
         if fields.update_size:
             raise pyfuse3.FUSEError(errno.EROFS)
         return self._attributes(inode)
 
-    async def lookup(self, parent_inode: int, name: bytes,
-                     ctx: Any = None) -> pyfuse3.EntryAttributes:
+    async def lookup(
+        self, parent_inode: int, name: bytes, ctx: Any = None
+    ) -> pyfuse3.EntryAttributes:
         decoded = os.fsdecode(name)
         if parent_inode == ROOT_INODE:
             if self.remote.get(decoded) is None:
@@ -121,8 +121,7 @@ class PagesFS(pyfuse3.Operations):
             generation_id = presented.generation.id
             entries = [(n, self._inode(generation_id, n)) for n in presented.file_names()]
         for index, (name, inode) in enumerate(entries[start_id:], start_id + 1):
-            if not pyfuse3.readdir_reply(token, os.fsencode(name),
-                                         self._attributes(inode), index):
+            if not pyfuse3.readdir_reply(token, os.fsencode(name), self._attributes(inode), index):
                 break
 
     async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
@@ -139,8 +138,7 @@ class PagesFS(pyfuse3.Operations):
         try:
             return await presented.read(name, offset, size)
         except Exception as exc:
-            LOG.error("Read of %s/%s at %d failed: %s", presented.generation.id, name,
-                      offset, exc)
+            LOG.error("Read of %s/%s at %d failed: %s", presented.generation.id, name, offset, exc)
             raise pyfuse3.FUSEError(errno.EIO) from None
 
     async def write(self, fh: int, offset: int, buf: bytes) -> int:

@@ -27,15 +27,16 @@ class LocalTransport(transport.Transport):
     def address(self) -> str:
         return f"local://{self.location}"
 
-    async def open(self, generation_id: str, clones: list[str],
-                   key: str) -> transport.Opened:
+    async def open(self, generation_id: str, clones: list[str], key: str) -> transport.Opened:
         reply = await self._run(self._origin.open, generation_id, clones, key)
         return transport.Opened.from_json(reply)
 
-    async def fetch(self, generation_id: str, file_number: int,
-                    chunks: list[int]) -> dict[int, bytes | None]:
-        data: dict[int, bytes | None] = await self._run(self._read, generation_id,
-                                                        file_number, chunks)
+    async def fetch(
+        self, generation_id: str, file_number: int, chunks: list[int]
+    ) -> dict[int, bytes | None]:
+        data: dict[int, bytes | None] = await self._run(
+            self._read, generation_id, file_number, chunks
+        )
         return data
 
     async def release(self, generation_id: str) -> None:
@@ -51,14 +52,17 @@ class LocalTransport(transport.Transport):
     async def close(self) -> None:
         """Nothing stays open between requests."""
 
-    def _read(self, node: str, generation_id: str, file_number: int,
-              chunks: list[int]) -> dict[int, bytes | None]:
+    def _read(
+        self, node: str, generation_id: str, file_number: int, chunks: list[int]
+    ) -> dict[int, bytes | None]:
         generation, path = self._origin.chunk_file(node, generation_id, file_number, chunks)
         with open(path, "rb", buffering=0) as f:
-            return {c: origin_mod.read_chunk(generation, file_number, f.fileno(), c)
-                    for c in chunks}
+            return {
+                c: origin_mod.read_chunk(generation, file_number, f.fileno(), c) for c in chunks
+            }
 
     async def _run(self, function: Any, *args: Any) -> Any:
         """File I/O off the event loop (the loop also serves FUSE reads)."""
         return await asyncio.get_running_loop().run_in_executor(
-            None, function, self.context.node, *args)
+            None, function, self.context.node, *args
+        )

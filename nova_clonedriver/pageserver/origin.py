@@ -34,8 +34,9 @@ MAX_CLONES_PER_PEER = 4096
 
 def file_paths(generation: store_mod.Generation) -> list[str]:
     """The files of a generation by FETCH file number."""
-    return ([generation.memory_image, generation.device_stream]
-            + [generation.disk_base(d) for d in generation.disks])
+    return [generation.memory_image, generation.device_stream] + [
+        generation.disk_base(d) for d in generation.disks
+    ]
 
 
 def chunk_count(size_bytes: int, chunk_size_bytes: int) -> int:
@@ -53,23 +54,36 @@ class OriginStore:
     def __init__(self, store: store_mod.SnapshotStore) -> None:
         self.store = store
 
-    def open(self, node: str, generation_id: object, clones: object,
-             key: object) -> dict[str, Any]:
+    def open(
+        self, node: str, generation_id: object, clones: object, key: object
+    ) -> dict[str, Any]:
         generation = self._generation(generation_id)
         if not isinstance(key, str):
             raise protocol.ProtocolError("OPEN needs the generation's access key")
         if not generation.admits(key):
-            raise transport.Refused(f"{node} did not present the access key of "
-                                    f"generation {generation.id}")
-        if (not isinstance(clones, list) or len(clones) > MAX_CLONES_PER_PEER
-                or not all(isinstance(c, str) and len(c) <= 64 for c in clones)):
+            raise transport.Refused(
+                f"{node} did not present the access key of generation {generation.id}"
+            )
+        if (
+            not isinstance(clones, list)
+            or len(clones) > MAX_CLONES_PER_PEER
+            or not all(isinstance(c, str) and len(c) <= 64 for c in clones)
+        ):
             raise protocol.ProtocolError("OPEN clones must be a list of clone ids")
-        self.store.set_peer_reference(generation, store_mod.PeerReference(
-            node=node, generation=generation.id, clones=sorted(clones),
-            updated_at=datetime.datetime.now(datetime.timezone.utc).isoformat()))
+        self.store.set_peer_reference(
+            generation,
+            store_mod.PeerReference(
+                node=node,
+                generation=generation.id,
+                clones=sorted(clones),
+                updated_at=datetime.datetime.now(datetime.timezone.utc).isoformat(),
+            ),
+        )
         LOG.info("Peer %s holds %d clone(s) of %s", node, len(clones), generation.id)
-        return {"generation": generation.to_json(),
-                "file_sizes": [os.stat(p).st_size for p in file_paths(generation)]}
+        return {
+            "generation": generation.to_json(),
+            "file_sizes": [os.stat(p).st_size for p in file_paths(generation)],
+        }
 
     def release(self, node: str, generation_id: object) -> None:
         generation = self.opened(node, generation_id)
@@ -87,17 +101,25 @@ class OriginStore:
     def record_working_set(self, node: str, generation_id: object, chunks: object) -> None:
         generation = self.opened(node, generation_id)
         count = len(generation.chunks)
-        if (not isinstance(chunks, list) or len(chunks) > count
-                or not all(isinstance(c, int) and 0 <= c < count for c in chunks)):
+        if (
+            not isinstance(chunks, list)
+            or len(chunks) > count
+            or not all(isinstance(c, int) and 0 <= c < count for c in chunks)
+        ):
             raise protocol.ProtocolError("working set must be a list of chunk numbers")
         path = os.path.join(generation.directory, WORKING_SET_FILE)
         if not os.path.exists(path):  # the first node's recording stays
             store_mod.write_json_atomic(path, chunks)
-            LOG.info("Peer %s recorded a working set of %d chunks for %s",
-                     node, len(chunks), generation.id)
+            LOG.info(
+                "Peer %s recorded a working set of %d chunks for %s",
+                node,
+                len(chunks),
+                generation.id,
+            )
 
-    def chunk_file(self, node: str, generation_id: object, file_number: int,
-                   chunks: list[int]) -> tuple[store_mod.Generation, str]:
+    def chunk_file(
+        self, node: str, generation_id: object, file_number: int, chunks: list[int]
+    ) -> tuple[store_mod.Generation, str]:
         """The generation and the path of its file ``file_number``, once the
         request is known to be allowed and within the file."""
         generation = self.opened(node, generation_id)
@@ -106,8 +128,9 @@ class OriginStore:
             raise protocol.ProtocolError(f"no file {file_number} in a generation")
         size = os.stat(paths[file_number]).st_size
         if max(chunks) >= chunk_count(size, generation.chunk_size_bytes):
-            raise protocol.ProtocolError(f"chunk {max(chunks)} is beyond the end of file "
-                                         f"{file_number}")
+            raise protocol.ProtocolError(
+                f"chunk {max(chunks)} is beyond the end of file {file_number}"
+            )
         return generation, paths[file_number]
 
     def opened(self, node: str, generation_id: object) -> store_mod.Generation:
@@ -127,8 +150,9 @@ class OriginStore:
         return generation
 
 
-def read_chunk(generation: store_mod.Generation, file_number: int, fd: int,
-               chunk: int) -> bytes | None:
+def read_chunk(
+    generation: store_mod.Generation, file_number: int, fd: int, chunk: int
+) -> bytes | None:
     """A chunk of an open generation file; ``None`` when it is all zeros
     (memory: known from its checksum; disks: a hole or zeros read)."""
     if file_number == protocol.MEMORY_FILE and generation.chunks[chunk] is None:
@@ -147,8 +171,7 @@ class OriginServer:
         self.origin = OriginStore(store)
         self.stats = stats
 
-    async def handle(self, reader: asyncio.StreamReader,
-                     writer: asyncio.StreamWriter) -> None:
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             peer = tls.peer_name(writer.get_extra_info("peercert"))
         except tls.CertificateError as exc:
@@ -169,11 +192,13 @@ class OriginServer:
         finally:
             writer.close()
 
-    async def _serve(self, peer: str, reader: asyncio.StreamReader,
-                     writer: asyncio.StreamWriter) -> None:
+    async def _serve(
+        self, peer: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         while True:
             kind, _flags, request_id, payload = await protocol.read_message(
-                reader, protocol.MAX_REQUEST_BYTES)
+                reader, protocol.MAX_REQUEST_BYTES
+            )
             if kind not in protocol.REQUEST_KINDS:
                 raise protocol.ProtocolError(f"{kind.name} is not a request")
             try:
@@ -188,12 +213,10 @@ class OriginServer:
                 writer.write(protocol.encode_json(Kind.ERROR, request_id, {"error": str(exc)}))
             await writer.drain()
 
-    async def _json_request(self, peer: str, kind: Kind,
-                            data: dict[str, Any]) -> dict[str, Any]:
+    async def _json_request(self, peer: str, kind: Kind, data: dict[str, Any]) -> dict[str, Any]:
         generation_id = data.get("generation")
         if kind == Kind.OPEN:
-            return self.origin.open(peer, generation_id, data.get("clones", []),
-                                    data.get("key"))
+            return self.origin.open(peer, generation_id, data.get("clones", []), data.get("key"))
         if kind == Kind.RELEASE:
             self.origin.release(peer, generation_id)
             return {}
@@ -202,15 +225,17 @@ class OriginServer:
         self.origin.record_working_set(peer, generation_id, data.get("chunks"))
         return {}
 
-    async def _fetch(self, peer: str, request_id: int, payload: bytes,
-                     writer: asyncio.StreamWriter) -> None:
+    async def _fetch(
+        self, peer: str, request_id: int, payload: bytes, writer: asyncio.StreamWriter
+    ) -> None:
         generation_id, file_number, chunks = protocol.decode_fetch(payload)
         generation, path = self.origin.chunk_file(peer, generation_id, file_number, chunks)
         loop = asyncio.get_running_loop()
         with open(path, "rb", buffering=0) as f:
             for chunk in chunks:
-                data = await loop.run_in_executor(None, read_chunk, generation, file_number,
-                                                  f.fileno(), chunk)
+                data = await loop.run_in_executor(
+                    None, read_chunk, generation, file_number, f.fileno(), chunk
+                )
                 writer.write(protocol.encode_data(request_id, chunk, data))
                 self.stats.served(generation.id, peer, 0 if data is None else len(data))
                 await writer.drain()

@@ -40,12 +40,14 @@ class _Pending:
         self.expected = expected_replies
         self.replies: list[tuple[int, bytes]] = []  # (flags, payload)
         self.done: asyncio.Future[list[tuple[int, bytes]]] = (
-            asyncio.get_running_loop().create_future())
+            asyncio.get_running_loop().create_future()
+        )
 
 
 class OriginClient:
-    def __init__(self, address: str, ssl_context: ssl.SSLContext,
-                 timeout_s: float, max_inflight: int) -> None:
+    def __init__(
+        self, address: str, ssl_context: ssl.SSLContext, timeout_s: float, max_inflight: int
+    ) -> None:
         host, _, port = address.rpartition(":")
         if not host or not port.isdigit():
             raise ValueError(f"origin address {address!r} is not <host>:<port>")
@@ -63,8 +65,9 @@ class OriginClient:
         replies = await self._request(kind, json.dumps(data).encode(), 1)
         return protocol.decode_json(replies[0][1])
 
-    async def fetch(self, generation_id: str, file_number: int,
-                    chunks: list[int]) -> dict[int, bytes | None]:
+    async def fetch(
+        self, generation_id: str, file_number: int, chunks: list[int]
+    ) -> dict[int, bytes | None]:
         """The chunks' bytes (``None``: all zeros), as the origin sent them."""
         payload = protocol.encode_fetch(generation_id, file_number, chunks)
         replies = await self._request(Kind.FETCH, payload, len(chunks))
@@ -81,37 +84,40 @@ class OriginClient:
             self._writer.close()
             self._writer = None
 
-    async def _request(self, kind: Kind, payload: bytes,
-                       expected_replies: int) -> list[tuple[int, bytes]]:
+    async def _request(
+        self, kind: Kind, payload: bytes, expected_replies: int
+    ) -> list[tuple[int, bytes]]:
         deadline = time.monotonic() + self._timeout_s
         async with self._slots:
             while True:
                 try:
                     return await asyncio.wait_for(
                         self._attempt(kind, payload, expected_replies),
-                        max(0.1, deadline - time.monotonic()))
+                        max(0.1, deadline - time.monotonic()),
+                    )
                 except asyncio.TimeoutError:
                     raise OriginUnavailable(
-                        f"origin {self.address} sent no reply within "
-                        f"{self._timeout_s} s") from None
+                        f"origin {self.address} sent no reply within {self._timeout_s} s"
+                    ) from None
                 except (_ConnectionLost, OSError) as exc:
                     if time.monotonic() >= deadline:
                         raise OriginUnavailable(
-                            f"origin {self.address} unreachable for "
-                            f"{self._timeout_s} s: {exc}") from exc
-                    LOG.warning("Request to origin %s failed (%s); retrying",
-                                self.address, exc)
+                            f"origin {self.address} unreachable for {self._timeout_s} s: {exc}"
+                        ) from exc
+                    LOG.warning("Request to origin %s failed (%s); retrying", self.address, exc)
                     await asyncio.sleep(RECONNECT_DELAY_S)
 
-    async def _attempt(self, kind: Kind, payload: bytes,
-                       expected_replies: int) -> list[tuple[int, bytes]]:
+    async def _attempt(
+        self, kind: Kind, payload: bytes, expected_replies: int
+    ) -> list[tuple[int, bytes]]:
         writer = await self._connection()
         request_id = next(self._ids)
         pending = _Pending(expected_replies)
         self._pending[request_id] = pending
         try:
-            writer.write(protocol.HEADER.pack(protocol.MAGIC, kind, 0, request_id,
-                                              len(payload)) + payload)
+            writer.write(
+                protocol.HEADER.pack(protocol.MAGIC, kind, 0, request_id, len(payload)) + payload
+            )
             await writer.drain()
             return await pending.done
         except ConnectionError as exc:
@@ -123,19 +129,22 @@ class OriginClient:
         async with self._connect_lock:
             if self._writer is None or self._writer.is_closing():
                 reader, writer = await asyncio.open_connection(
-                    self._host, self._port, ssl=self._ssl, server_hostname=self._host)
+                    self._host, self._port, ssl=self._ssl, server_hostname=self._host
+                )
                 self._writer = writer
                 asyncio.get_running_loop().create_task(self._read_replies(reader, writer))
                 LOG.info("Connected to origin %s", self.address)
             return self._writer
 
-    async def _read_replies(self, reader: asyncio.StreamReader,
-                            writer: asyncio.StreamWriter) -> None:
+    async def _read_replies(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         reason: Exception = _ConnectionLost("connection closed by the origin")
         try:
             while True:
                 kind, flags, request_id, payload = await protocol.read_message(
-                    reader, protocol.MAX_REPLY_BYTES)
+                    reader, protocol.MAX_REPLY_BYTES
+                )
                 pending = self._pending.get(request_id)
                 if kind == Kind.ERROR:
                     message = protocol.decode_json(payload).get("error", "error")
@@ -176,34 +185,38 @@ class PeerTransport(transport.Transport):
 
     def __init__(self, location: str, context: transport.Context) -> None:
         super().__init__(location, context)
-        self._client = OriginClient(location, context.ssl_context, context.timeout_s,
-                                    context.max_inflight)
+        self._client = OriginClient(
+            location, context.ssl_context, context.timeout_s, context.max_inflight
+        )
 
     @property
     def address(self) -> str:
         return self.location
 
-    async def open(self, generation_id: str, clones: list[str],
-                   key: str) -> transport.Opened:
+    async def open(self, generation_id: str, clones: list[str], key: str) -> transport.Opened:
         reply = await self._client.request_json(
-            Kind.OPEN, {"generation": generation_id, "clones": clones, "key": key})
+            Kind.OPEN, {"generation": generation_id, "clones": clones, "key": key}
+        )
         return transport.Opened.from_json(reply)
 
-    async def fetch(self, generation_id: str, file_number: int,
-                    chunks: list[int]) -> dict[int, bytes | None]:
+    async def fetch(
+        self, generation_id: str, file_number: int, chunks: list[int]
+    ) -> dict[int, bytes | None]:
         return await self._client.fetch(generation_id, file_number, chunks)
 
     async def release(self, generation_id: str) -> None:
         await self._client.request_json(Kind.RELEASE, {"generation": generation_id})
 
     async def working_set(self, generation_id: str) -> list[int]:
-        reply = await self._client.request_json(Kind.GET_WORKING_SET,
-                                                {"generation": generation_id})
+        reply = await self._client.request_json(
+            Kind.GET_WORKING_SET, {"generation": generation_id}
+        )
         return transport.chunk_list(reply.get("chunks"))
 
     async def record_working_set(self, generation_id: str, chunks: list[int]) -> None:
-        await self._client.request_json(Kind.PUT_WORKING_SET,
-                                        {"generation": generation_id, "chunks": chunks})
+        await self._client.request_json(
+            Kind.PUT_WORKING_SET, {"generation": generation_id, "chunks": chunks}
+        )
 
     async def close(self) -> None:
         await self._client.close()

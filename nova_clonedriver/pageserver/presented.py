@@ -28,6 +28,7 @@ from nova_clonedriver.pageserver import workingset
 @dataclasses.dataclass(frozen=True)
 class FileAttributes:
     """What ``stat`` of a presented file shows."""
+
     size_bytes: int
     cached_bytes: int
     created_ns: int
@@ -38,9 +39,15 @@ class Presented:
         is a plain local file, so it has none).
     :param names: file name in the FUSE folder -> FETCH file number."""
 
-    def __init__(self, generation: store_mod.Generation, origin: transport.Transport,
-                 files: dict[int, cache_mod.CachedFile], names: dict[str, int],
-                 stats: stats_mod.GenerationStats, readahead_max_chunks: int) -> None:
+    def __init__(
+        self,
+        generation: store_mod.Generation,
+        origin: transport.Transport,
+        files: dict[int, cache_mod.CachedFile],
+        names: dict[str, int],
+        stats: stats_mod.GenerationStats,
+        readahead_max_chunks: int,
+    ) -> None:
         self.generation = generation
         self.origin = origin
         self.stats = stats
@@ -67,8 +74,10 @@ class Presented:
     def attributes(self, name: str) -> FileAttributes:
         cached = self._files[self._names[name]]
         return FileAttributes(
-            size_bytes=cached.size_bytes, cached_bytes=cached.cached_bytes(),
-            created_ns=int(os.stat(self.generation.device_stream).st_mtime_ns))
+            size_bytes=cached.size_bytes,
+            cached_bytes=cached.cached_bytes(),
+            created_ns=int(os.stat(self.generation.device_stream).st_mtime_ns),
+        )
 
     def opened(self) -> None:
         self.open_handles += 1
@@ -98,8 +107,7 @@ class Presented:
     def record_working_set(self, window_s: float) -> None:
         """Record what this node's first clones read in their first
         ``window_s`` and send it to the origin."""
-        self.recorder = workingset.WorkingSetRecorder(self.generation.id, self.origin,
-                                                      window_s)
+        self.recorder = workingset.WorkingSetRecorder(self.generation.id, self.origin, window_s)
 
     def missing(self) -> dict[int, list[int]]:
         """The chunks not cached yet, by FETCH file number."""
@@ -114,11 +122,12 @@ class Presented:
 
     def cache_json(self) -> dict[str, Any]:
         files = {name: self._files[number] for name, number in self._names.items()}
-        return {"origin": self.origin.address,
-                "chunks_cached": {name: sum(f.present) for name, f in files.items()},
-                "chunks_total": {name: f.chunk_count for name, f in files.items()},
-                "cached_mib": round(sum(f.cached_bytes() for f in files.values()) / 2**20,
-                                    1)}
+        return {
+            "origin": self.origin.address,
+            "chunks_cached": {name: sum(f.present) for name, f in files.items()},
+            "chunks_total": {name: f.chunk_count for name, f in files.items()},
+            "cached_mib": round(sum(f.cached_bytes() for f in files.values()) / 2**20, 1),
+        }
 
     async def ensure(self, file_number: int, chunks: list[int], bulk: bool = False) -> None:
         """Return once all ``chunks`` of the file are in the cache; raises
@@ -130,8 +139,11 @@ class Presented:
             self.recorder.record(wanted)
         # The fetch of what is read is queued before read-ahead's, so that
         # its request goes first.
-        fetching = (asyncio.ensure_future(self.fetcher.fetch(file_number, wanted, bulk))
-                    if wanted else None)
+        fetching = (
+            asyncio.ensure_future(self.fetcher.fetch(file_number, wanted, bulk))
+            if wanted
+            else None
+        )
         if not bulk:
             self.readahead.follow(file_number, chunks[0], chunks[-1])
         if fetching is not None:

@@ -58,8 +58,7 @@ class Kind(enum.IntEnum):
     ERROR = 0xFF
 
 
-REQUEST_KINDS = {Kind.OPEN, Kind.FETCH, Kind.RELEASE,
-                 Kind.GET_WORKING_SET, Kind.PUT_WORKING_SET}
+REQUEST_KINDS = {Kind.OPEN, Kind.FETCH, Kind.RELEASE, Kind.GET_WORKING_SET, Kind.PUT_WORKING_SET}
 
 
 class ProtocolError(transport.Malformed):
@@ -74,8 +73,9 @@ def encode_json(kind: Kind, request_id: int, data: Any) -> bytes:
     return encode(kind, request_id, json.dumps(data).encode())
 
 
-async def read_message(reader: asyncio.StreamReader, max_payload_bytes: int
-                       ) -> tuple[Kind, int, int, bytes]:
+async def read_message(
+    reader: asyncio.StreamReader, max_payload_bytes: int
+) -> tuple[Kind, int, int, bytes]:
     """(kind, flags, request id, payload); ProtocolError for anything that
     is not a well-formed message of acceptable size."""
     header = await reader.readexactly(HEADER.size)
@@ -87,8 +87,7 @@ async def read_message(reader: asyncio.StreamReader, max_payload_bytes: int
     except ValueError:
         raise ProtocolError(f"unknown message kind {kind}") from None
     if length > max_payload_bytes:
-        raise ProtocolError(f"message of {length} bytes exceeds the limit of "
-                            f"{max_payload_bytes}")
+        raise ProtocolError(f"message of {length} bytes exceeds the limit of {max_payload_bytes}")
     return kind, flags, request_id, await reader.readexactly(length)
 
 
@@ -103,8 +102,9 @@ def decode_json(payload: bytes) -> dict[str, Any]:
 
 
 def encode_fetch(generation_id: str, file_number: int, chunks: list[int]) -> bytes:
-    return (FETCH_HEAD.pack(generation_id.encode(), file_number, len(chunks))
-            + b"".join(CHUNK_INDEX.pack(c) for c in chunks))
+    return FETCH_HEAD.pack(generation_id.encode(), file_number, len(chunks)) + b"".join(
+        CHUNK_INDEX.pack(c) for c in chunks
+    )
 
 
 def decode_fetch(payload: bytes) -> tuple[str, int, list[int]]:
@@ -119,8 +119,10 @@ def decode_fetch(payload: bytes) -> tuple[str, int, list[int]]:
         generation_id = raw_id.decode("ascii")
     except UnicodeDecodeError:
         raise ProtocolError("FETCH generation id is not ASCII") from None
-    chunks = [CHUNK_INDEX.unpack_from(payload, FETCH_HEAD.size + i * CHUNK_INDEX.size)[0]
-              for i in range(count)]
+    chunks = [
+        CHUNK_INDEX.unpack_from(payload, FETCH_HEAD.size + i * CHUNK_INDEX.size)[0]
+        for i in range(count)
+    ]
     return generation_id, file_number, chunks
 
 
@@ -137,4 +139,4 @@ def decode_data(flags: int, payload: bytes) -> tuple[int, bytes | None]:
     chunk = CHUNK_INDEX.unpack_from(payload)[0]
     if flags & FLAG_ZERO:
         return chunk, None
-    return chunk, payload[CHUNK_INDEX.size:]
+    return chunk, payload[CHUNK_INDEX.size :]

@@ -25,6 +25,7 @@ READ_AHEAD_AFTER_CHUNKS = 5
 class _ReadStream:
     """A sequential reader of one file: the last chunk it read, how far
     ahead of it to fetch, and up to where that was asked for already."""
+
     last_chunk: int
     run_chunks: int = 1
     window_chunks: int = 0
@@ -62,16 +63,15 @@ class ReadAhead:
         stream.window_chunks = min(max(2 * stream.window_chunks, 2), self.max_chunks)
         if last + stream.window_chunks // 2 < stream.ahead_until:
             return  # enough is on its way
-        end = min(last + stream.window_chunks,
-                  self.fetcher.files[file_number].chunk_count - 1)
+        end = min(last + stream.window_chunks, self.fetcher.files[file_number].chunk_count - 1)
         start = max(last, stream.ahead_until) + 1
         stream.ahead_until = max(stream.ahead_until, end)
-        _, wanted = self.fetcher.claim(file_number, list(range(start, end + 1)),
-                                       counted=False)
+        _, wanted = self.fetcher.claim(file_number, list(range(start, end + 1)), counted=False)
         if wanted:
             self.fetcher.stats.counters["chunks_read_ahead"] += len(wanted)
             task = asyncio.get_running_loop().create_task(
-                self.fetcher.fetch(file_number, wanted, bulk=True))
+                self.fetcher.fetch(file_number, wanted, bulk=True)
+            )
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 

@@ -57,14 +57,23 @@ class Settings:
 
 
 class RemoteGenerations:
-    def __init__(self, store: store_mod.SnapshotStore, stats: stats_mod.Stats,
-                 node: str, ssl_context: ssl.SSLContext, settings: Settings) -> None:
+    def __init__(
+        self,
+        store: store_mod.SnapshotStore,
+        stats: stats_mod.Stats,
+        node: str,
+        ssl_context: ssl.SSLContext,
+        settings: Settings,
+    ) -> None:
         self.store = store
         self.stats = stats
         self.settings = settings
         self._transport_context = transport.Context(
-            node=node, ssl_context=ssl_context, timeout_s=settings.fetch_timeout_s,
-            max_inflight=settings.max_inflight_fetches)
+            node=node,
+            ssl_context=ssl_context,
+            timeout_s=settings.fetch_timeout_s,
+            max_inflight=settings.max_inflight_fetches,
+        )
         self._origins: dict[str, transport.Transport] = {}
         self._presented: dict[str, presented_mod.Presented] = {}
         self._attach_lock = asyncio.Lock()
@@ -94,17 +103,26 @@ class RemoteGenerations:
             try:
                 presented = self._present(generation, self._file_sizes(generation))
             except OSError as exc:  # its cache is gone: attach it anew
-                LOG.error("Cannot present %s of %s again (%s); dropping it",
-                          generation.id, generation.origin, exc)
+                LOG.error(
+                    "Cannot present %s of %s again (%s); dropping it",
+                    generation.id,
+                    generation.origin,
+                    exc,
+                )
                 with contextlib.suppress(store_mod.GenerationInUse):
                     self.store.remove_generation(generation)
                 continue
             dropped = presented.forget_unverifiable()
-            LOG.info("Presenting %s of %s again (%d cached chunks to fetch again)",
-                     generation.id, generation.origin, dropped)
+            LOG.info(
+                "Presenting %s of %s again (%d cached chunks to fetch again)",
+                generation.id,
+                generation.origin,
+                dropped,
+            )
 
-    async def attach(self, generation_id: str, origin: str, key: str,
-                     prefetch: str = "none") -> dict[str, Any]:
+    async def attach(
+        self, generation_id: str, origin: str, key: str, prefetch: str = "none"
+    ) -> dict[str, Any]:
         """Make a generation of ``origin`` launchable here; ``prefetch``
         fetches its working set or all of it before returning. ``key``: its
         access key; a generation already here is checked against it too, so
@@ -117,17 +135,21 @@ class RemoteGenerations:
                 if not generation.origin:
                     return {"generation": generation_id, "local": True}
                 if generation.origin != origin:
-                    raise AttachError(f"generation {generation_id} is already here, "
-                                      f"from {generation.origin}, not {origin}")
+                    raise AttachError(
+                        f"generation {generation_id} is already here, "
+                        f"from {generation.origin}, not {origin}"
+                    )
                 if not generation.admits(key):
-                    raise AttachError(f"that is not the access key of generation "
-                                      f"{generation_id}")
+                    raise AttachError(f"that is not the access key of generation {generation_id}")
             else:
                 await self._import(generation_id, origin, key)
         presented = self._presented[generation_id]
         presented.last_used = time.monotonic()
-        result: dict[str, Any] = {"generation": generation_id, "local": False,
-                                  "prefetch": prefetch}
+        result: dict[str, Any] = {
+            "generation": generation_id,
+            "local": False,
+            "prefetch": prefetch,
+        }
         if prefetch != "none":
             presented.attaching += 1
             try:
@@ -143,18 +165,22 @@ class RemoteGenerations:
         generation = presented.generation
         if presented.open_handles:
             raise store_mod.GenerationInUse(
-                f"generation {generation_id} has {presented.open_handles} open file(s)")
+                f"generation {generation_id} has {presented.open_handles} open file(s)"
+            )
         self.store.remove_generation(generation)  # refused while clones use it
         del self._presented[generation_id]
         presented.close()
-        shutil.rmtree(os.path.join(self.settings.cache_dir, generation_id),
-                      ignore_errors=True)
+        shutil.rmtree(os.path.join(self.settings.cache_dir, generation_id), ignore_errors=True)
         self.stats.remote.pop(generation_id, None)
         try:
             await presented.origin.release(generation_id)
         except Exception as exc:
-            LOG.warning("Released %s here, but its origin %s was not told: %s",
-                        generation_id, presented.origin.address, exc)
+            LOG.warning(
+                "Released %s here, but its origin %s was not told: %s",
+                generation_id,
+                presented.origin.address,
+                exc,
+            )
         LOG.info("Released generation %s of %s", generation_id, presented.origin.address)
 
     async def reconcile(self) -> None:
@@ -165,12 +191,17 @@ class RemoteGenerations:
                 presented.last_used = time.monotonic()
             if clones != presented.told_clones:
                 try:
-                    await presented.origin.open(generation_id, clones,
-                                                presented.generation.access_key)
+                    await presented.origin.open(
+                        generation_id, clones, presented.generation.access_key
+                    )
                     presented.told_clones = clones
                 except Exception as exc:
-                    LOG.warning("Could not tell %s about the clones of %s: %s",
-                                presented.origin.address, generation_id, exc)
+                    LOG.warning(
+                        "Could not tell %s about the clones of %s: %s",
+                        presented.origin.address,
+                        generation_id,
+                        exc,
+                    )
             if presented.busy():
                 presented.last_used = time.monotonic()
             idle_s = time.monotonic() - presented.last_used
@@ -191,8 +222,9 @@ class RemoteGenerations:
         except ValueError as exc:  # a bad origin address
             raise AttachError(str(exc)) from exc
         except transport.Refused as exc:
-            raise AttachError(f"origin {origin} refused generation {generation_id}: "
-                              f"{exc}") from exc
+            raise AttachError(
+                f"origin {origin} refused generation {generation_id}: {exc}"
+            ) from exc
         except transport.Unavailable as exc:
             raise AttachError(str(exc)) from exc
         except transport.Malformed as exc:
@@ -224,29 +256,44 @@ class RemoteGenerations:
         if not recorded and self.settings.working_set_window_s:
             # This node's first clones define it.
             presented.record_working_set(self.settings.working_set_window_s)
-        LOG.info("Presenting generation %s of %s (%d MiB of memory, %d disk(s))",
-                 generation_id, origin, generation.memory_bytes >> 20,
-                 len(generation.disks))
+        LOG.info(
+            "Presenting generation %s of %s (%d MiB of memory, %d disk(s))",
+            generation_id,
+            origin,
+            generation.memory_bytes >> 20,
+            len(generation.disks),
+        )
 
-    async def _fetch_device_stream(self, source: transport.Transport,
-                                   generation: store_mod.Generation, size: int,
-                                   directory: str) -> None:
+    async def _fetch_device_stream(
+        self,
+        source: transport.Transport,
+        generation: store_mod.Generation,
+        size: int,
+        directory: str,
+    ) -> None:
         count = origin_mod.chunk_count(size, generation.chunk_size_bytes)
         chunks: dict[int, bytes | None] = {}
         step = protocol.MAX_CHUNKS_PER_FETCH
         for start in range(0, count, step):
-            chunks.update(await source.fetch(generation.id, protocol.DEVICE_FILE,
-                                             list(range(start, min(count, start + step)))))
+            chunks.update(
+                await source.fetch(
+                    generation.id,
+                    protocol.DEVICE_FILE,
+                    list(range(start, min(count, start + step))),
+                )
+            )
         path = os.path.join(directory, store_mod.DEVICE_STREAM_FILE)
         with open(path, "wb") as f:
             for chunk in range(count):
-                length = min(generation.chunk_size_bytes,
-                             size - chunk * generation.chunk_size_bytes)
+                length = min(
+                    generation.chunk_size_bytes, size - chunk * generation.chunk_size_bytes
+                )
                 data = chunks[chunk]
                 f.write(data if data is not None else bytes(length))
         if store_mod.sha256_file(path) != generation.device_stream_sha256:
-            raise AttachError(f"the device state of {generation.id} from "
-                              f"{source.address} fails its checksum")
+            raise AttachError(
+                f"the device state of {generation.id} from {source.address} fails its checksum"
+            )
 
     def _links(self, generation: store_mod.Generation) -> dict[str, str]:
         """FUSE file name -> the store path that links to it."""
@@ -257,15 +304,16 @@ class RemoteGenerations:
 
     def _file_sizes(self, generation: store_mod.Generation) -> list[int]:
         cached = os.path.join(self.settings.cache_dir, generation.id)
-        sizes = [generation.memory_bytes,
-                 os.stat(generation.device_stream).st_size]
+        sizes = [generation.memory_bytes, os.stat(generation.device_stream).st_size]
         for number in range(len(generation.disks)):
-            sizes.append(os.stat(os.path.join(
-                cached, f"file-{protocol.DISK_BASE_FILE + number}")).st_size)
+            sizes.append(
+                os.stat(os.path.join(cached, f"file-{protocol.DISK_BASE_FILE + number}")).st_size
+            )
         return sizes
 
-    def _present(self, generation: store_mod.Generation,
-                 sizes: list[int]) -> presented_mod.Presented:
+    def _present(
+        self, generation: store_mod.Generation, sizes: list[int]
+    ) -> presented_mod.Presented:
         directory = os.path.join(self.settings.cache_dir, generation.id)
         os.makedirs(directory, exist_ok=True)
         files: dict[int, cache_mod.CachedFile] = {}
@@ -273,39 +321,53 @@ class RemoteGenerations:
         for number, name in enumerate(self._links(generation)):
             file_number = protocol.MEMORY_FILE if number == 0 else number + 1
             files[file_number] = cache_mod.CachedFile(
-                os.path.join(directory, f"file-{file_number}"), sizes[file_number],
+                os.path.join(directory, f"file-{file_number}"),
+                sizes[file_number],
                 generation.chunk_size_bytes,
-                generation.chunks if file_number == protocol.MEMORY_FILE else None)
+                generation.chunks if file_number == protocol.MEMORY_FILE else None,
+            )
             names[name] = file_number
         presented = presented_mod.Presented(
-            generation, self._transport(generation.origin), files, names,
-            self.stats.remote[generation.id], self.settings.readahead_max_chunks)
+            generation,
+            self._transport(generation.origin),
+            files,
+            names,
+            self.stats.remote[generation.id],
+            self.settings.readahead_max_chunks,
+        )
         if self.settings.background_fetch_mib_per_s:
             presented.background = asyncio.get_running_loop().create_task(
-                self._complete_in_background(presented))
+                self._complete_in_background(presented)
+            )
         self._presented[generation.id] = presented
         return presented
 
-    async def _prefetch(self, presented: presented_mod.Presented,
-                        prefetch: str) -> dict[str, Any]:
+    async def _prefetch(self, presented: presented_mod.Presented, prefetch: str) -> dict[str, Any]:
         started = time.monotonic()
         before = presented.stats.counters["bytes_fetched"]
         if prefetch == "full":
             wanted = presented.missing()
         else:
-            wanted = {protocol.MEMORY_FILE: await presented.origin.working_set(
-                presented.generation.id)}
-        await asyncio.gather(*(presented.ensure(n, c, bulk=True)
-                               for n, c in wanted.items() if c))
+            wanted = {
+                protocol.MEMORY_FILE: await presented.origin.working_set(presented.generation.id)
+            }
+        await asyncio.gather(*(presented.ensure(n, c, bulk=True) for n, c in wanted.items() if c))
         elapsed_ms = (time.monotonic() - started) * 1000
         fetched = presented.stats.counters["bytes_fetched"] - before
         presented.stats.counters["prefetched_bytes"] += fetched
-        LOG.info("Prefetched %s of %s (%s): %.1f MiB in %.0f ms", prefetch,
-                 presented.generation.id, presented.origin.address, fetched / 2**20,
-                 elapsed_ms)
-        return {"prefetched_chunks": sum(len(c) for c in wanted.values()),
-                "prefetched_mib": round(fetched / 2**20, 1),
-                "prefetch_ms": round(elapsed_ms, 1)}
+        LOG.info(
+            "Prefetched %s of %s (%s): %.1f MiB in %.0f ms",
+            prefetch,
+            presented.generation.id,
+            presented.origin.address,
+            fetched / 2**20,
+            elapsed_ms,
+        )
+        return {
+            "prefetched_chunks": sum(len(c) for c in wanted.values()),
+            "prefetched_mib": round(fetched / 2**20, 1),
+            "prefetch_ms": round(elapsed_ms, 1),
+        }
 
     async def _complete_in_background(self, presented: presented_mod.Presented) -> None:
         """Fetch what is missing at ``background_fetch_mib_per_s``; a batch
@@ -313,14 +375,17 @@ class RemoteGenerations:
         rate = self.settings.background_fetch_mib_per_s * 2**20
         for number, missing in presented.missing().items():
             for start in range(0, len(missing), BACKGROUND_BATCH_CHUNKS):
-                batch = missing[start:start + BACKGROUND_BATCH_CHUNKS]
+                batch = missing[start : start + BACKGROUND_BATCH_CHUNKS]
                 with contextlib.suppress(Exception):  # the fetcher logged it
                     await presented.ensure(number, batch, bulk=True)
                 await asyncio.sleep(len(batch) * presented.chunk_size_bytes(number) / rate)
         left = sum(len(chunks) for chunks in presented.missing().values())
         if left:
-            LOG.warning("Background fetch of %s ended with %d chunks missing",
-                        presented.generation.id, left)
+            LOG.warning(
+                "Background fetch of %s ended with %d chunks missing",
+                presented.generation.id,
+                left,
+            )
         else:
             LOG.info("Generation %s is complete in the cache", presented.generation.id)
 
@@ -332,11 +397,13 @@ class RemoteGenerations:
             if disk["format"] != "qcow2":
                 continue
             backing = await loop.run_in_executor(
-                None, qemuimg.backing_file, generation.disk_base(disk))
+                None, qemuimg.backing_file, generation.disk_base(disk)
+            )
             if backing and not os.path.exists(backing):
                 raise AttachError(
                     f"disk {disk['target']} of generation {generation.id} has the "
-                    f"backing file {backing}, which this node does not have")
+                    f"backing file {backing}, which this node does not have"
+                )
 
     def _transport(self, origin: str) -> transport.Transport:
         if origin not in self._origins:

@@ -64,7 +64,8 @@ class PageService:
         if config.node_name and config.node_name != self.node:
             raise tls.CertificateError(
                 f"[pageserver] node_name is {config.node_name} but the certificate "
-                f"{config.tls_cert_file} is for {self.node}")
+                f"{config.tls_cert_file} is for {self.node}"
+            )
         self.store = store_mod.SnapshotStore(config.state_dir)
         self.stats = stats_mod.Stats()
         self.mount_dir = config.mount_dir or os.path.join(config.state_dir, "remote")
@@ -82,27 +83,42 @@ class PageService:
             loop.add_signal_handler(signum, self._stop.set)
         certs = (config.tls_cert_file, config.tls_key_file, config.tls_ca_file)
         origin = origin_mod.OriginServer(self.store, self.stats)
-        tcp = await asyncio.start_server(origin.handle, config.listen_host,
-                                         config.listen_port,
-                                         ssl=tls.server_context(*certs))
+        tcp = await asyncio.start_server(
+            origin.handle, config.listen_host, config.listen_port, ssl=tls.server_context(*certs)
+        )
         self.remote = remote_mod.RemoteGenerations(
-            self.store, self.stats, self.node, tls.client_context(*certs),
-            remote_mod.Settings(mount_dir=self.mount_dir,
-                                cache_dir=os.path.join(config.state_dir, "page-cache"),
-                                **config.remote))
+            self.store,
+            self.stats,
+            self.node,
+            tls.client_context(*certs),
+            remote_mod.Settings(
+                mount_dir=self.mount_dir,
+                cache_dir=os.path.join(config.state_dir, "page-cache"),
+                **config.remote,
+            ),
+        )
         self.remote.load_existing()
         _mount(fusefs.PagesFS(self.remote, self._qemu_user()), self.mount_dir)
         fuse_task = loop.create_task(pyfuse3.main())
-        controls = await control.serve(config.socket_path(), self._control,
-                                       config.control_socket_group)
+        controls = await control.serve(
+            config.socket_path(), self._control, config.control_socket_group
+        )
         servers: list[asyncio.AbstractServer | metrics.Endpoint] = [tcp, controls]
         if config.metrics_port:
-            servers.append(await metrics.serve(config.metrics_host, config.metrics_port,
-                                               self.remote.stats_json))
+            servers.append(
+                await metrics.serve(
+                    config.metrics_host, config.metrics_port, self.remote.stats_json
+                )
+            )
         reconcile = loop.create_task(self._reconcile_forever())
-        LOG.info("Page service of node %s: peers on %s:%d, control on %s, remote "
-                 "generations under %s", self.node, config.listen_host,
-                 config.listen_port, config.socket_path(), self.mount_dir)
+        LOG.info(
+            "Page service of node %s: peers on %s:%d, control on %s, remote generations under %s",
+            self.node,
+            config.listen_host,
+            config.listen_port,
+            config.socket_path(),
+            self.mount_dir,
+        )
         try:
             await self._stop.wait()
         finally:
@@ -126,10 +142,12 @@ class PageService:
         operation = request.get("op")
         assert self.remote is not None
         if operation == "attach":
-            return await self.remote.attach(str(request.get("generation")),
-                                            str(request.get("origin")),
-                                            str(request.get("key", "")),
-                                            str(request.get("prefetch", "none")))
+            return await self.remote.attach(
+                str(request.get("generation")),
+                str(request.get("origin")),
+                str(request.get("key", "")),
+                str(request.get("prefetch", "none")),
+            )
         if operation == "release":
             await self.remote.release(str(request.get("generation")))
             return {}
@@ -144,8 +162,9 @@ class PageService:
             try:
                 await self.remote.reconcile()
             except Exception:
-                LOG.exception("Reconcile failed; trying again in %s s",
-                              self.config.reconcile_interval_s)
+                LOG.exception(
+                    "Reconcile failed; trying again in %s s", self.config.reconcile_interval_s
+                )
 
 
 def _mount(file_system: fusefs.PagesFS, mount_dir: str) -> None:
@@ -153,12 +172,12 @@ def _mount(file_system: fusefs.PagesFS, mount_dir: str) -> None:
     if os.path.abspath(mount_dir) in _mount_points():
         LOG.warning("Unmounting %s left by an earlier run", mount_dir)
         with contextlib.suppress(subprocess.CalledProcessError):
-            subprocess.run(["fusermount3", "-u", "-z", mount_dir], check=True,
-                           capture_output=True)
+            subprocess.run(["fusermount3", "-u", "-z", mount_dir], check=True, capture_output=True)
     os.makedirs(mount_dir, exist_ok=True)
     pyfuse3.asyncio.enable()
-    pyfuse3.init(file_system, mount_dir,
-                 {"fsname=nova-clone-pages", "allow_other", "default_permissions"})
+    pyfuse3.init(
+        file_system, mount_dir, {"fsname=nova-clone-pages", "allow_other", "default_permissions"}
+    )
 
 
 def _mount_points() -> set[str]:

@@ -14,8 +14,7 @@ class GenerationStats:
 
     def __init__(self) -> None:
         self.counters: collections.Counter[str] = collections.Counter()
-        self.fetch_latency_ms: collections.deque[float] = collections.deque(
-            maxlen=LATENCY_SAMPLES)
+        self.fetch_latency_ms: collections.deque[float] = collections.deque(maxlen=LATENCY_SAMPLES)
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = dict(self.counters)
@@ -24,7 +23,8 @@ class GenerationStats:
             data["fetch_latency_ms"] = {
                 "p50": round(statistics.median(samples), 2),
                 "p99": round(samples[min(len(samples) - 1, int(len(samples) * 0.99))], 2),
-                "samples": len(samples)}
+                "samples": len(samples),
+            }
         return data
 
 
@@ -33,8 +33,9 @@ class Stats:
         self.remote: dict[str, GenerationStats] = collections.defaultdict(GenerationStats)
         self.origin: collections.Counter[str] = collections.Counter()
         # generation -> peer -> counters
-        self.served_to: dict[str, dict[str, collections.Counter[str]]] = (
-            collections.defaultdict(lambda: collections.defaultdict(collections.Counter)))
+        self.served_to: dict[str, dict[str, collections.Counter[str]]] = collections.defaultdict(
+            lambda: collections.defaultdict(collections.Counter)
+        )
 
     def count_origin(self, what: str) -> None:
         self.origin[what] += 1
@@ -50,7 +51,10 @@ class Stats:
         return {
             "origin": {
                 "requests": dict(self.origin),
-                "generations": {g: {p: dict(c) for p, c in peers.items()}
-                                for g, peers in self.served_to.items()}},
+                "generations": {
+                    g: {p: dict(c) for p, c in peers.items()}
+                    for g, peers in self.served_to.items()
+                },
+            },
             "remote": {g: s.to_json() for g, s in self.remote.items()},
         }

@@ -46,6 +46,7 @@ class Malformed(Exception):
 @dataclasses.dataclass(frozen=True)
 class Opened:
     """The origin's answer to OPEN."""
+
     generation: store_mod.Generation  # as the origin has it (no directory)
     file_sizes: list[int]  # by FETCH file number
 
@@ -57,8 +58,9 @@ class Opened:
             file_sizes = reply["file_sizes"]
         except (KeyError, TypeError, ValueError) as exc:
             raise Malformed(f"bad OPEN answer: {exc}") from None
-        if (not isinstance(file_sizes, list)
-                or not all(isinstance(n, int) and n >= 0 for n in file_sizes)):
+        if not isinstance(file_sizes, list) or not all(
+            isinstance(n, int) and n >= 0 for n in file_sizes
+        ):
             raise Malformed("bad OPEN answer: file sizes are not byte counts")
         return cls(generation, file_sizes)
 
@@ -67,7 +69,8 @@ def chunk_list(value: object) -> list[int]:
     """A list of chunk numbers an origin sent (a working set); raises
     Malformed if it is not one."""
     if not isinstance(value, list) or not all(
-            isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in value):
+        isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in value
+    ):
         raise Malformed("a chunk list holds chunk numbers")
     return value
 
@@ -75,6 +78,7 @@ def chunk_list(value: object) -> list[int]:
 @dataclasses.dataclass(frozen=True)
 class Context:
     """What every transport may need from the page service that loads it."""
+
     node: str  # this node's name: the peer reference it is known by
     ssl_context: ssl.SSLContext
     timeout_s: float
@@ -110,8 +114,9 @@ class Transport(abc.ABC):
         :raises Refused: unknown generation, or not the right key."""
 
     @abc.abstractmethod
-    async def fetch(self, generation_id: str, file_number: int,
-                    chunks: list[int]) -> dict[int, bytes | None]:
+    async def fetch(
+        self, generation_id: str, file_number: int, chunks: list[int]
+    ) -> dict[int, bytes | None]:
         """Each of ``chunks`` of FETCH file ``file_number`` (protocol.py).
 
         :returns: chunk -> its bytes, ``None`` for a chunk of zeros; every
@@ -126,7 +131,7 @@ class Transport(abc.ABC):
     @abc.abstractmethod
     async def working_set(self, generation_id: str) -> list[int]:
         """:returns: the memory chunks of the recorded working set, in the
-            order first read (empty if none is recorded yet)."""
+        order first read (empty if none is recorded yet)."""
 
     @abc.abstractmethod
     async def record_working_set(self, generation_id: str, chunks: list[int]) -> None:
@@ -145,8 +150,7 @@ def load(origin: str, context: Context) -> Transport:
     if not separator:
         scheme, location = DEFAULT_SCHEME, origin
     try:
-        manager: driver.DriverManager[type[Transport]] = driver.DriverManager(
-            NAMESPACE, scheme)
+        manager: driver.DriverManager[type[Transport]] = driver.DriverManager(NAMESPACE, scheme)
     except Exception as exc:  # stevedore: no such plugin, or it failed to import
         raise ValueError(f"no page service transport {scheme!r} for {origin!r}") from exc
     plugin = manager.driver

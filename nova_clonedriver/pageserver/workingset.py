@@ -14,8 +14,7 @@ LOG = logging.getLogger(__name__)
 
 
 class WorkingSetRecorder:
-    def __init__(self, generation_id: str, origin: transport.Transport,
-                 window_s: float) -> None:
+    def __init__(self, generation_id: str, origin: transport.Transport, window_s: float) -> None:
         self.generation_id = generation_id
         self.origin = origin
         self.window_s = window_s
@@ -40,8 +39,11 @@ class WorkingSetRecorder:
         self._chunks = []
         try:
             await self.origin.record_working_set(self.generation_id, chunks)
-            LOG.info("Recorded the working set of %s: %d chunks", self.generation_id,
-                     len(chunks))
+            LOG.info("Recorded the working set of %s: %d chunks", self.generation_id, len(chunks))
         except Exception as exc:
-            LOG.warning("Could not send the working set of %s to %s: %s",
-                        self.generation_id, self.origin.address, exc)
+            LOG.warning(
+                "Could not send the working set of %s to %s: %s",
+                self.generation_id,
+                self.origin.address,
+                exc,
+            )

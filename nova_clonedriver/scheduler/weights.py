@@ -47,8 +47,7 @@ class LiveCloneWeigher(weights.BaseHostWeigher):
         image = request_spec.image
         if image is None or not image.obj_attr_is_set("id"):
             return None
-        context = (getattr(request_spec, "_context", None)
-                   or nova_context.get_admin_context())
+        context = getattr(request_spec, "_context", None) or nova_context.get_admin_context()
         try:
             record = self._image_api.get(context, image.id)
         except exception.ImageNotFound:

@@ -50,17 +50,17 @@ class LibvirtTestCase(testtools.TestCase):
         cls.addClassCleanup(testguest.destroy_all, cls.conn, cls.prefix)
 
     @classmethod
-    def boot_master(cls, name: str, memory_mib: int = MASTER_MEMORY_MIB,
-                    disk_format: str = "qcow2"
-                    ) -> tuple[libvirt.virDomain, agent_mod.AgentClient, str]:
+    def boot_master(
+        cls, name: str, memory_mib: int = MASTER_MEMORY_MIB, disk_format: str = "qcow2"
+    ) -> tuple[libvirt.virDomain, agent_mod.AgentClient, str]:
         workdir = os.path.join(cls.state_dir, name)
-        domain, client = testguest.boot(cls.conn, f"{cls.prefix}-{name}", memory_mib,
-                                        workdir, disk_format=disk_format)
+        domain, client = testguest.boot(
+            cls.conn, f"{cls.prefix}-{name}", memory_mib, workdir, disk_format=disk_format
+        )
         return domain, client, workdir
 
     def domain_names(self) -> set[str]:
-        return {d.name() for d in self.conn.listAllDomains()
-                if d.name().startswith(self.prefix)}
+        return {d.name() for d in self.conn.listAllDomains() if d.name().startswith(self.prefix)}
 
 
 def clone_agent(engine: api.CloneEngine, clone_uuid: str) -> agent_mod.AgentClient:
@@ -79,5 +79,8 @@ def disk_path(domain: libvirt.virDomain) -> str:
 
 def wait_for_ipv4(client: agent_mod.AgentClient, timeout_s: float = 30) -> None:
     """Until the guest's NIC has its DHCP lease (the guest is settled)."""
-    waiting.wait(lambda: any(nic["ipv4"] for nic in client.request("identity")["nics"]),
-                 timeout_s, "the guest got no IPv4 address")
+    waiting.wait(
+        lambda: any(nic["ipv4"] for nic in client.request("identity")["nics"]),
+        timeout_s,
+        "the guest got no IPv4 address",
+    )

@@ -53,8 +53,11 @@ class Network:
         _ip("link", "add", outside, "type", "veth", "peer", "name", inside)
         _ip("link", "set", inside, "netns", host.namespace)
         _ip("link", "set", outside, "master", self.bridge, "up")
-        for args in (("addr", "add", f"{host.address}/24", "dev", inside),
-                     ("link", "set", inside, "up"), ("link", "set", "lo", "up")):
+        for args in (
+            ("addr", "add", f"{host.address}/24", "dev", inside),
+            ("link", "set", inside, "up"),
+            ("link", "set", "lo", "up"),
+        ):
             _ip("netns", "exec", host.namespace, "ip", *args)
         return host
 

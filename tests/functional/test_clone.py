@@ -25,19 +25,21 @@ class TestBlessAndLaunch(base.LibvirtTestCase):
         cls.master_name = cls.master.name()
         available = cls.agent.request("ping")["mem_available_mib"]
         cls.pattern_mib = available - 24
-        cls.checksum = cls.agent.request("fill", cls.pattern_mib,
-                                         base.PATTERN_SEED)["checksum"]
+        cls.checksum = cls.agent.request("fill", cls.pattern_mib, base.PATTERN_SEED)["checksum"]
         cls.master_disk_before = cls._disk_source(cls.master)
         cls.hb_before = cls.agent.request("ping")["hb"]
         cls.generation = cls.engine.bless(cls.master_name)
         cls.hb_after = cls.agent.request("ping")["hb"]
-        cls.clones = cls.engine.launch(cls.generation.id, CLONES,
-                                       name_prefix=f"{cls.prefix}-clone")
+        cls.clones = cls.engine.launch(
+            cls.generation.id, CLONES, name_prefix=f"{cls.prefix}-clone"
+        )
         # Measured before anything reads the pattern in the clones.
         cls.image_rss_at_launch_kib = [
-            hostmem.mapping_kib(hostmem.qemu_pid(c.name),
-                                os.path.realpath(cls.generation.memory_image)).get("Rss", 0)
-            for c in cls.clones]
+            hostmem.mapping_kib(
+                hostmem.qemu_pid(c.name), os.path.realpath(cls.generation.memory_image)
+            ).get("Rss", 0)
+            for c in cls.clones
+        ]
         cls.agents = {c.uuid: base.clone_agent(cls.engine, c.uuid) for c in cls.clones}
         for client in cls.agents.values():
             client.wait_ready(timeout_s=60)
@@ -65,24 +67,41 @@ class TestBlessAndLaunch(base.LibvirtTestCase):
     def test_master_writes_to_a_new_overlay_and_the_old_image_is_frozen(self):
         now = self._disk_source(self.master)
         self.assertNotEqual(self.master_disk_before, now)
-        info = json.loads(subprocess.run(
-            ["qemu-img", "info", "-U", "--output=json", now],
-            check=True, capture_output=True, text=True).stdout)
+        info = json.loads(
+            subprocess.run(
+                ["qemu-img", "info", "-U", "--output=json", now],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
+        )
         # The old image is the new one's backing file, read-only to everyone,
         # and the generation's base is the same file.
         frozen = info["backing-filename"]
         self.assertEqual(self.master_disk_before, frozen)
         [disk] = self.generation.disks
-        self.assertEqual(os.stat(frozen).st_ino,
-                         os.stat(self.generation.disk_base(disk)).st_ino)
+        self.assertEqual(os.stat(frozen).st_ino, os.stat(self.generation.disk_base(disk)).st_ino)
         self.assertEqual(0o444, stat.S_IMODE(os.stat(frozen).st_mode))
         # <disk>.top names what the master writes to now.
         self.assertEqual(os.path.basename(now), os.readlink(f"{frozen}.top"))
         self.assertEqual(now, api.current_top(self.master_disk_before))
         # QEMU's user cannot write to the frozen base.
-        writer = subprocess.run(["runuser", "-u", "nobody", "--", "dd", "if=/dev/zero",
-                                 f"of={frozen}", "bs=512", "count=1", "conv=notrunc"],
-                                capture_output=True, text=True)
+        writer = subprocess.run(
+            [
+                "runuser",
+                "-u",
+                "nobody",
+                "--",
+                "dd",
+                "if=/dev/zero",
+                f"of={frozen}",
+                "bs=512",
+                "count=1",
+                "conv=notrunc",
+            ],
+            capture_output=True,
+            text=True,
+        )
         self.assertNotEqual(0, writer.returncode)
         self.assertIn("Permission denied", writer.stderr)
 
@@ -103,8 +122,9 @@ class TestBlessAndLaunch(base.LibvirtTestCase):
     def test_clones_are_ordinary_domains_with_their_own_identity(self):
         names, uuids, macs, genids, overlay_inodes = set(), set(), set(), set(), set()
         for clone in self.clones:
-            self.assertEqual(["overlays", "save_image", "libvirt_restore", "nic_swap"],
-                             list(clone.phases_ms))
+            self.assertEqual(
+                ["overlays", "save_image", "libvirt_restore", "nic_swap"], list(clone.phases_ms)
+            )
             self.assertGreater(clone.phases_ms["libvirt_restore"], 0)
             self.assertLessEqual(sum(clone.phases_ms.values()), clone.ready_ms + 0.5)
             domain = self.conn.lookupByUUIDString(clone.uuid)
@@ -115,21 +135,27 @@ class TestBlessAndLaunch(base.LibvirtTestCase):
             genids.add(root.findtext("genid"))
             macs.update(m.get("address") for m in root.findall("devices/interface/mac"))
             overlay = root.find("devices/disk/source").get("file")
-            self.assertEqual(self.engine.store.clone_dir(clone.uuid),
-                             os.path.dirname(overlay))
-            info = json.loads(subprocess.run(
-                ["qemu-img", "info", "-U", "--output=json", overlay],
-                check=True, capture_output=True, text=True).stdout)
-            self.assertEqual(self.generation.disk_base(self.generation.disks[0]),
-                             info["backing-filename"])
+            self.assertEqual(self.engine.store.clone_dir(clone.uuid), os.path.dirname(overlay))
+            info = json.loads(
+                subprocess.run(
+                    ["qemu-img", "info", "-U", "--output=json", overlay],
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                ).stdout
+            )
+            self.assertEqual(
+                self.generation.disk_base(self.generation.disks[0]), info["backing-filename"]
+            )
             overlay_inodes.add(os.stat(overlay).st_ino)  # a copy each, not a link
         self.assertEqual(CLONES, len(overlay_inodes))
         master_root = ET.fromstring(self.master.XMLDesc(0))
         self.assertEqual(CLONES, len(names))
         self.assertEqual(CLONES, len(uuids))
         self.assertEqual(CLONES, len(genids - {master_root.findtext("genid")}))
-        self.assertEqual(CLONES, len(macs - {master_root.find("devices/interface/mac")
-                                               .get("address")}))
+        self.assertEqual(
+            CLONES, len(macs - {master_root.find("devices/interface/mac").get("address")})
+        )
 
     def test_clones_resume_from_the_masters_instant(self):
         for clone in self.clones:
@@ -178,8 +204,17 @@ class TestBlessAndLaunch(base.LibvirtTestCase):
 
     def test_state_is_visible_to_another_process(self):
         out = subprocess.run(
-            [os.path.join(os.path.dirname(sys.executable), "nova-clone"),
-             "--state-dir", self.state_dir, "list", "-f", "json"],
-            check=True, capture_output=True, text=True).stdout
+            [
+                os.path.join(os.path.dirname(sys.executable), "nova-clone"),
+                "--state-dir",
+                self.state_dir,
+                "list",
+                "-f",
+                "json",
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
         [row] = [r for r in json.loads(out) if r["generation"] == self.generation.id]
         self.assertEqual(sorted(c.name for c in self.clones), sorted(row["clones"]))

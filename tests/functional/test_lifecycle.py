@@ -72,12 +72,15 @@ class TestLifecycleAndFailures(base.LibvirtTestCase):
         self.assertNothingCreated()
 
     def test_master_with_a_raw_disk(self):
-        self.assertEqual([{"target": "vda", "format": "raw", "base": "disks/vda.raw"}],
-                         self.raw_generation.disks)
+        self.assertEqual(
+            [{"target": "vda", "format": "raw", "base": "disks/vda.raw"}],
+            self.raw_generation.disks,
+        )
         ping = self.raw_clone_ping
         if ping is None or ping["pattern_mib"] != 32 or "Kernel panic" in self.raw_clone_console:
-            self.fail(f"raw-disk clone answered {ping}; its console:\n"
-                      f"{self.raw_clone_console[-3000:]}")
+            self.fail(
+                f"raw-disk clone answered {ping}; its console:\n{self.raw_clone_console[-3000:]}"
+            )
         self.assertNotIn("clone-agent exited", self.raw_clone_console)
 
     def test_bad_clone_count(self):
@@ -107,8 +110,7 @@ class TestLifecycleAndFailures(base.LibvirtTestCase):
         st = os.stat(generation.memory_image)
         os.chown(generation.memory_image, 0, 0)  # QEMU's user cannot open it
         try:
-            error = self.assertRaises(api.LaunchError, self.engine.launch,
-                                      generation.id, 2)
+            error = self.assertRaises(api.LaunchError, self.engine.launch, generation.id, 2)
         finally:
             os.chown(generation.memory_image, st.st_uid, st.st_gid)
         self.assertIn("2 of 2 clones failed to start", str(error))
@@ -129,8 +131,9 @@ class TestLifecycleAndFailures(base.LibvirtTestCase):
         self.assertEqual(self.generations_before, os.listdir(self.engine.store.generations_dir))
 
     def test_bless_that_fails_midway_leaves_the_master_as_it_was(self):
-        impatient = api.CloneEngine(self.conn, self.state_dir,
-                                     bless_options=api.BlessOptions(timeout_s=0.001))
+        impatient = api.CloneEngine(
+            self.conn, self.state_dir, bless_options=api.BlessOptions(timeout_s=0.001)
+        )
         disk_before = base.disk_path(self.master)
         master_dir = os.path.dirname(disk_before)
         files_before = sorted(os.listdir(master_dir))
@@ -138,8 +141,9 @@ class TestLifecycleAndFailures(base.LibvirtTestCase):
         self.assertIn("did not reach pre-switchover in time", str(error))
         self.assertEqual(1, self.master.state()[0])  # running
         self.assertEqual(disk_before, base.disk_path(self.master))
-        self.assertEqual(files_before, sorted(os.listdir(master_dir)),
-                         "a prepared overlay was left behind")
+        self.assertEqual(
+            files_before, sorted(os.listdir(master_dir)), "a prepared overlay was left behind"
+        )
         self.assertEqual(self.generations_before, os.listdir(self.engine.store.generations_dir))
         params = qmp.command(self.master, "query-migrate-parameters")
         self.assertEqual(300, params["downtime-limit"])  # QEMU's default, restored
@@ -151,11 +155,20 @@ class TestLifecycleAndFailures(base.LibvirtTestCase):
         second = self._bless()
         top = base.disk_path(self.master)
         self.assertEqual(f"disk.raw.live-{second.id[:8]}", os.path.basename(top))
-        chain = [os.path.basename(layer["filename"]) for layer in json.loads(subprocess.run(
-            ["qemu-img", "info", "-U", "--backing-chain", "--output=json", top],
-            check=True, capture_output=True, text=True).stdout)]
-        self.assertEqual([f"disk.raw.live-{second.id[:8]}", f"disk.raw.live-{first.id[:8]}"],
-                         chain[:2])
+        chain = [
+            os.path.basename(layer["filename"])
+            for layer in json.loads(
+                subprocess.run(
+                    ["qemu-img", "info", "-U", "--backing-chain", "--output=json", top],
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                ).stdout
+            )
+        ]
+        self.assertEqual(
+            [f"disk.raw.live-{second.id[:8]}", f"disk.raw.live-{first.id[:8]}"], chain[:2]
+        )
         self.assertEqual(top, api.current_top(os.path.join(master_dir, "disk.raw")))
         # Every file keeps its name: libvirt's record of the chain stays
         # true, so a save and restore of the master works (the eager
@@ -169,8 +182,9 @@ class TestLifecycleAndFailures(base.LibvirtTestCase):
         # At the limit: refused, and nothing changes.
         files_before = sorted(os.listdir(master_dir))
         generations_before = os.listdir(self.engine.store.generations_dir)
-        limited = api.CloneEngine(self.conn, self.state_dir, bless_options=api.BlessOptions(
-            max_disk_layers=len(chain)))
+        limited = api.CloneEngine(
+            self.conn, self.state_dir, bless_options=api.BlessOptions(max_disk_layers=len(chain))
+        )
         error = self.assertRaises(api.BlessError, limited.bless, self.master.name())
         self.assertIn(f"already has {len(chain)} layers in its backing chain", str(error))
         self.assertIn("virsh blockpull", str(error))
@@ -188,8 +202,10 @@ class TestLifecycleAndFailures(base.LibvirtTestCase):
         self.assertIn("is a live clone: clones of clones are not supported", str(error))
         self.assertEqual(1, self.conn.lookupByUUIDString(clone.uuid).state()[0])
         self.assertEqual(files_before, sorted(os.listdir(clone_dir)))
-        self.assertEqual([generation.id], [g for g in self.engine.store.generation_ids()
-                                           if g not in self.generations_before])
+        self.assertEqual(
+            [generation.id],
+            [g for g in self.engine.store.generation_ids() if g not in self.generations_before],
+        )
 
     def test_discard_waits_for_clones_and_destroy_frees_them(self):
         generation = self._bless()
@@ -199,8 +215,7 @@ class TestLifecycleAndFailures(base.LibvirtTestCase):
         self.engine.destroy_clone(first.name)
         self.assertNotIn(first.name, self.domain_names())
         self.assertFalse(os.path.exists(self.engine.store.clone_dir(first.uuid)))
-        self.assertEqual([second.uuid],
-                         [r.uuid for r in self.engine.store.references(generation)])
+        self.assertEqual([second.uuid], [r.uuid for r in self.engine.store.references(generation)])
         # Destroyed behind the engine's back: the next look frees its files.
         self.conn.lookupByUUIDString(second.uuid).destroy()
         self.assertEqual([], self.engine.clones(generation))
@@ -212,17 +227,22 @@ class TestLifecycleAndFailures(base.LibvirtTestCase):
     def test_cli(self):
         def nova_clone(*args, check=True, state_dir=self.state_dir):
             result = subprocess.run(
-                [os.path.join(os.path.dirname(sys.executable), "nova-clone"),
-                 "--state-dir", state_dir, *args],
-                capture_output=True, text=True)
+                [
+                    os.path.join(os.path.dirname(sys.executable), "nova-clone"),
+                    "--state-dir",
+                    state_dir,
+                    *args,
+                ],
+                capture_output=True,
+                text=True,
+            )
             if check:
                 self.assertEqual(0, result.returncode, result.stderr)
             return result
 
         # A state dir that does not exist yet (a new host) is made.
         fresh = os.path.join(self.state_dir, "fresh", "store")
-        self.assertEqual([], json.loads(nova_clone("list", "-f", "json",
-                                                   state_dir=fresh).stdout))
+        self.assertEqual([], json.loads(nova_clone("list", "-f", "json", state_dir=fresh).stdout))
         self.assertEqual(0o711, os.stat(fresh).st_mode & 0o777)
         shutil.rmtree(os.path.dirname(fresh))
 
@@ -231,8 +251,11 @@ class TestLifecycleAndFailures(base.LibvirtTestCase):
         self.assertGreater(blessed["pause_ms"], 0)
         [clone] = json.loads(nova_clone("launch", blessed["id"][:8], "-f", "json").stdout)
         self.assertIn(clone["name"], self.domain_names())
-        [stats] = [s for s in json.loads(nova_clone("stats", "-f", "json").stdout)
-                   if s["generation"] == blessed["id"]]
+        [stats] = [
+            s
+            for s in json.loads(nova_clone("stats", "-f", "json").stdout)
+            if s["generation"] == blessed["id"]
+        ]
         self.assertEqual([clone["name"]], [c["name"] for c in stats["clones"]])
         refused = nova_clone("discard", blessed["id"], check=False)
         self.assertEqual(1, refused.returncode)

@@ -91,8 +91,9 @@ class NovaAPITestCase(integrated_helpers.ProviderUsageBaseTestCase):
 
         # The pip-installed nova has api-paste.ini in <venv>/etc/nova, not
         # where nova's ConfFixture looks (site-packages/../etc/nova).
-        self.flags(api_paste_config=os.path.join(sys.prefix, "etc", "nova",
-                                                 "api-paste.ini"), group="wsgi")
+        self.flags(
+            api_paste_config=os.path.join(sys.prefix, "etc", "nova", "api-paste.ini"), group="wsgi"
+        )
         super().setUp()
 
         # --- undo what nova.test.TestCase poisons for unit-ish tests -------
@@ -101,15 +102,19 @@ class NovaAPITestCase(integrated_helpers.ProviderUsageBaseTestCase):
         # PoisonFunctions makes Host._init_events sys.exit(); the real one
         # starts threads that hang the test's executor shutdown. Lifecycle
         # events are not needed here.
-        self.useFixture(fixtures.MonkeyPatch(
-            "nova.virt.libvirt.host.Host._init_events", lambda host: None))
+        self.useFixture(
+            fixtures.MonkeyPatch("nova.virt.libvirt.host.Host._init_events", lambda host: None)
+        )
         # nova 34's WarningsFixture turns SQLAlchemy deprecation warnings
         # raised in nova into errors, and with SQLAlchemy 2.1 nova's own
         # _build_instance_get() warns about orm.noload(): the conductor then
         # fails to put an instance whose build failed on every host into
         # ERROR (it stays BUILD). Not ours to fix: ignore that one warning.
-        warnings.filterwarnings("ignore", message=r"The noload\(\) option is deprecated",
-                                category=sqla_exc.SADeprecationWarning)
+        warnings.filterwarnings(
+            "ignore",
+            message=r"The noload\(\) option is deprecated",
+            category=sqla_exc.SADeprecationWarning,
+        )
         # Run privsep'd functions in-process (we are root).
         self.useFixture(nova_fixtures.PrivsepFixture())
         # The host is shared: let this compute see only our domains.
@@ -117,13 +122,13 @@ class NovaAPITestCase(integrated_helpers.ProviderUsageBaseTestCase):
         prefix = self.prefix
 
         def list_ours(host, only_running=True):
-            return [d for d in real_list(host, only_running)
-                    if d.name().startswith(prefix)]
-        self.useFixture(fixtures.MonkeyPatch(
-            "nova.virt.libvirt.host.Host.list_instance_domains", list_ours))
+            return [d for d in real_list(host, only_running) if d.name().startswith(prefix)]
 
-        self.flags(instances_path=self.instances_path,
-                   instance_name_template=self.prefix + "%08x")
+        self.useFixture(
+            fixtures.MonkeyPatch("nova.virt.libvirt.host.Host.list_instance_domains", list_ours)
+        )
+
+        self.flags(instances_path=self.instances_path, instance_name_template=self.prefix + "%08x")
         self.flags(virt_type="qemu", connection_uri=base.LIBVIRT_URI, group="libvirt")
         self.flags(state_dir=self.state_dir, min_free_memory_mib=0, group="clone")
 
@@ -137,11 +142,19 @@ class NovaAPITestCase(integrated_helpers.ProviderUsageBaseTestCase):
 
     def _create_guest_images(self):
         def add(name, path, disk_format, properties=None):
-            image = {"id": str(uuid.uuid4()), "name": name, "status": "active",
-                     "visibility": "public", "disk_format": disk_format,
-                     "container_format": "bare" if disk_format == "raw" else disk_format,
-                     "size": os.path.getsize(path), "min_ram": 0, "min_disk": 0,
-                     "protected": False, "properties": properties or {}}
+            image = {
+                "id": str(uuid.uuid4()),
+                "name": name,
+                "status": "active",
+                "visibility": "public",
+                "disk_format": disk_format,
+                "container_format": "bare" if disk_format == "raw" else disk_format,
+                "size": os.path.getsize(path),
+                "min_ram": 0,
+                "min_disk": 0,
+                "protected": False,
+                "properties": properties or {},
+            }
             with open(path, "rb") as f:
                 return self.glance.create(None, image, data=f)["id"]
 
@@ -150,14 +163,23 @@ class NovaAPITestCase(integrated_helpers.ProviderUsageBaseTestCase):
         ramdisk_id = add("guest-ramdisk", os.path.join(guest_dir, "initrd.img"), "ari")
         root = os.path.join(self.root, "root.raw")
         subprocess.run(["qemu-img", "create", "-q", "-f", "raw", root, "1M"], check=True)
-        self.image_id = add("guest-root", root, "raw", {
-            "kernel_id": kernel_id, "ramdisk_id": ramdisk_id,
-            "os_command_line": (f"console=ttyS0 quiet "
-                                f"clone_agent.fill={PATTERN_MIB}:{base.PATTERN_SEED}")})
+        self.image_id = add(
+            "guest-root",
+            root,
+            "raw",
+            {
+                "kernel_id": kernel_id,
+                "ramdisk_id": ramdisk_id,
+                "os_command_line": (
+                    f"console=ttyS0 quiet clone_agent.fill={PATTERN_MIB}:{base.PATTERN_SEED}"
+                ),
+            },
+        )
 
     def _flavor(self, name, memory_mb, extra_specs=None):
-        flavor = self.api.post_flavor({"flavor": {
-            "name": f"{self.prefix}{name}", "ram": memory_mb, "vcpus": 1, "disk": 1}})
+        flavor = self.api.post_flavor(
+            {"flavor": {"name": f"{self.prefix}{name}", "ram": memory_mb, "vcpus": 1, "disk": 1}}
+        )
         self.addCleanup(self._ignore_missing, self.api.delete_flavor, flavor["id"])
         if extra_specs:
             self.api.post_extra_spec(flavor["id"], {"extra_specs": extra_specs})
@@ -169,8 +191,7 @@ class NovaAPITestCase(integrated_helpers.ProviderUsageBaseTestCase):
             call(*args)
 
     def _boot(self, name, image_id, flavor_id, count=1, api=None, metadata=None):
-        body = {"name": name, "imageRef": image_id, "flavorRef": flavor_id,
-                "networks": "none"}
+        body = {"name": name, "imageRef": image_id, "flavorRef": flavor_id, "networks": "none"}
         if count > 1:
             body.update(min_count=count, max_count=count, return_reservation_id=True)
         if metadata:
@@ -183,13 +204,18 @@ class NovaAPITestCase(integrated_helpers.ProviderUsageBaseTestCase):
             if server["status"] == status:
                 return server
             if server["status"] == "ERROR":
-                raise AssertionError(f"server {server_id} went ERROR, not {status}: "
-                                     f"{server.get('fault')}")
+                raise AssertionError(
+                    f"server {server_id} went ERROR, not {status}: {server.get('fault')}"
+                )
             return None
-        return waiting.wait(reached, timeout_s,
-                            lambda: f"server {server_id} is "
-                                    f"{self.api.get_server(server_id)['status']}, "
-                                    f"not {status}")
+
+        return waiting.wait(
+            reached,
+            timeout_s,
+            lambda: (
+                f"server {server_id} is {self.api.get_server(server_id)['status']}, not {status}"
+            ),
+        )
 
     def _wait_error(self, server_id, timeout_s=120):
         def failed():
@@ -197,12 +223,14 @@ class NovaAPITestCase(integrated_helpers.ProviderUsageBaseTestCase):
             if server["status"] == "ACTIVE":
                 raise AssertionError(f"server {server_id} went ACTIVE, not ERROR")
             return server if server["status"] == "ERROR" else None
+
         return waiting.wait(failed, timeout_s, lambda: f"server {server_id} is not ERROR")
 
     def _wait_gone(self, server_ids, timeout_s=120):
         def gone():
             left = {s["id"] for s in self.api.get_servers(detail=False)}
             return not left & set(server_ids)
+
         waiting.wait(gone, timeout_s, lambda: f"servers {server_ids} not deleted")
 
     def _console(self, server_id):
@@ -217,35 +245,42 @@ class NovaAPITestCase(integrated_helpers.ProviderUsageBaseTestCase):
         return [int(n) for n in HEARTBEAT.findall(self._console(server_id))]
 
     def _wait_heartbeat(self, server_id, timeout_s=180):
-        return waiting.wait(lambda: self._heartbeats(server_id), timeout_s,
-                            lambda: f"no heartbeat from {server_id}: "
-                                    f"{self._console(server_id)[-2000:]!r}", interval_s=1)
+        return waiting.wait(
+            lambda: self._heartbeats(server_id),
+            timeout_s,
+            lambda: f"no heartbeat from {server_id}: {self._console(server_id)[-2000:]!r}",
+            interval_s=1,
+        )
 
     def _console_request(self, server_id, command, timeout_s=30):
         """The agent's reply to ``command``, typed on the server's console."""
-        return guestconsole.request(self.conn.lookupByUUIDString(server_id),
-                                    lambda: self._console(server_id), command, timeout_s)
+        return guestconsole.request(
+            self.conn.lookupByUUIDString(server_id),
+            lambda: self._console(server_id),
+            command,
+            timeout_s,
+        )
 
     def _our_domains(self):
-        return {d.name() for d in self.conn.listAllDomains()
-                if d.name().startswith(self.prefix)}
+        return {d.name() for d in self.conn.listAllDomains() if d.name().startswith(self.prefix)}
 
 
 class TestLiveClonesThroughNovaAPI(NovaAPITestCase):
-
     # -- the test --------------------------------------------------------------
 
     def test_live_clones_through_the_api(self):
         started = time.monotonic()
         # 1. Flavors, and our extra-spec validator behind nova's API.
         normal = self._flavor("normal", base.MASTER_MEMORY_MIB)
-        clone_flavor = self._flavor("clone", base.MASTER_MEMORY_MIB,
-                                    {"clone:enabled": "true"})
+        clone_flavor = self._flavor("clone", base.MASTER_MEMORY_MIB, {"clone:enabled": "true"})
         big_clone = self._flavor("clone512", 512, {"clone:enabled": "true"})
-        self.assertEqual({"clone:enabled": "true"},
-                         self.api.get_extra_specs(clone_flavor))
-        error = self.assertRaises(client.OpenStackApiException, self.api.post_extra_spec,
-                                  normal, {"extra_specs": {"clone:enabled": "maybe"}})
+        self.assertEqual({"clone:enabled": "true"}, self.api.get_extra_specs(clone_flavor))
+        error = self.assertRaises(
+            client.OpenStackApiException,
+            self.api.post_extra_spec,
+            normal,
+            {"extra_specs": {"clone:enabled": "maybe"}},
+        )
         self.assertEqual(400, error.response.status_code)
         self.assertIn("'maybe' is not a valid boolean-like value", error.response.text)
         self.assertEqual({}, self.api.get_extra_specs(normal))
@@ -255,9 +290,12 @@ class TestLiveClonesThroughNovaAPI(NovaAPITestCase):
         master = self._wait_status(master["id"], "ACTIVE")
         # Let it run a few seconds, so that carrying on from the master's
         # count is told apart from starting again.
-        waiting.wait(lambda: max(self._heartbeats(master["id"]) or [0]) >= 5, 180,
-                     lambda: f"no heartbeat 5 from {master['id']}: "
-                             f"{self._console(master['id'])[-2000:]!r}", interval_s=1)
+        waiting.wait(
+            lambda: max(self._heartbeats(master["id"]) or [0]) >= 5,
+            180,
+            lambda: f"no heartbeat 5 from {master['id']}: {self._console(master['id'])[-2000:]!r}",
+            interval_s=1,
+        )
         filled = FILLED.search(self._console(master["id"]))
         self.assertIsNotNone(filled, self._console(master["id"]))
         self.assertEqual((str(PATTERN_MIB), str(base.PATTERN_SEED)), filled.groups()[:2])
@@ -266,21 +304,33 @@ class TestLiveClonesThroughNovaAPI(NovaAPITestCase):
         # 3. A live image: createImage with clone_live=true blesses the master.
         last_hb_before_bless = self._heartbeats(master["id"])[-1]
         t_bless = time.monotonic()
-        image_id = self.api.post_server_action(master["id"], {"createImage": {
-            "name": "master-live", "metadata": {"clone_live": "true"}}})["image_id"]
+        image_id = self.api.post_server_action(
+            master["id"],
+            {"createImage": {"name": "master-live", "metadata": {"clone_live": "true"}}},
+        )["image_id"]
 
         def image_ready():
             image = self.glance.show(None, image_id)
-            return image if (image["status"] == "active"
-                             and "clone_generation" in image["properties"]) else None
+            return (
+                image
+                if (image["status"] == "active" and "clone_generation" in image["properties"])
+                else None
+            )
+
         image = waiting.wait(image_ready, 120, lambda: self.glance.show(None, image_id))
         bless_s = time.monotonic() - t_bless
         self._wait_for_server_parameter(master, {"OS-EXT-STS:task_state": None})
         properties = image["properties"]
-        self.assertEqual(("true", "compute1", master["id"], "256", "1"),
-                         (properties["clone_live"], properties["clone_origin_host"],
-                          properties["clone_master"], properties["clone_memory_mb"],
-                          properties["clone_vcpus"]))
+        self.assertEqual(
+            ("true", "compute1", master["id"], "256", "1"),
+            (
+                properties["clone_live"],
+                properties["clone_origin_host"],
+                properties["clone_master"],
+                properties["clone_memory_mb"],
+                properties["clone_vcpus"],
+            ),
+        )
         engine = engine_api.CloneEngine(self.conn, self.state_dir)
         [generation] = engine.generations()
         self.assertEqual(generation.id, properties["clone_generation"])
@@ -295,13 +345,18 @@ class TestLiveClonesThroughNovaAPI(NovaAPITestCase):
             servers = self.api.get_servers(search_opts=search)
             failed = [s for s in servers if s["status"] == "ERROR"]
             if failed:
-                raise AssertionError(f"clone {failed[0]['id']} went ERROR: "
-                                     f"{failed[0].get('fault')}")
+                raise AssertionError(
+                    f"clone {failed[0]['id']} went ERROR: {failed[0].get('fault')}"
+                )
             if len(servers) == CLONES and all(s["status"] == "ACTIVE" for s in servers):
                 return servers
             return None
-        clones = waiting.wait(all_active, 180, lambda: [
-            (s["id"], s["status"]) for s in self.api.get_servers(search_opts=search)])
+
+        clones = waiting.wait(
+            all_active,
+            180,
+            lambda: [(s["id"], s["status"]) for s in self.api.get_servers(search_opts=search)],
+        )
         post_to_active_s = time.monotonic() - t_post
         clone_ids = [c["id"] for c in clones]
 
@@ -316,11 +371,15 @@ class TestLiveClonesThroughNovaAPI(NovaAPITestCase):
             first_hbs.append(first_hb)
             self.assertGreater(first_hb, last_hb_before_bless, clone_id)
             reply = self._console_request(clone_id, "checksum")
-            self.assertEqual((True, PATTERN_MIB, master_checksum),
-                             (reply["ok"], reply["mib"], reply["checksum"]), clone_id)
+            self.assertEqual(
+                (True, PATTERN_MIB, master_checksum),
+                (reply["ok"], reply["mib"], reply["checksum"]),
+                clone_id,
+            )
         self.assertEqual(
             {"VCPU": 1 + CLONES, "MEMORY_MB": 256 * (1 + CLONES), "DISK_GB": 1 + CLONES},
-            {k: v for k, v in self._get_provider_usages(self.rp_uuid).items() if v})
+            {k: v for k, v in self._get_provider_usages(self.rp_uuid).items() if v},
+        )
 
         # 5. Bad requests: a flavor that does not match the master, and the
         # live image without a clone flavor.
@@ -342,21 +401,24 @@ class TestLiveClonesThroughNovaAPI(NovaAPITestCase):
         self.api.microversion = "2.35"
         try:
             self.api.delete_image(image_id)
-            self.assertRaises(client.OpenStackApiNotFoundException,
-                              self.api.get_image, image_id)
+            self.assertRaises(client.OpenStackApiNotFoundException, self.api.get_image, image_id)
         finally:
             self.api.microversion = self.microversion
         self.assertEqual(set(), self._our_domains())
-        self.assertEqual([], [(g.id, engine.clones(g)) for g in engine.generations()
-                              if engine.clones(g)])
+        self.assertEqual(
+            [], [(g.id, engine.clones(g)) for g in engine.generations() if engine.clones(g)]
+        )
         for clone_id in clone_ids:
             self.assertFalse(os.path.exists(os.path.join(self.instances_path, clone_id)))
 
         def no_usages():
             return not any(self._get_provider_usages(self.rp_uuid).values())
+
         waiting.wait(no_usages, 30, lambda: self._get_provider_usages(self.rp_uuid))
-        print(f"bless (createImage to image active) {bless_s:.1f} s; "
-              f"{CLONES} clones POST to all ACTIVE {post_to_active_s:.1f} s; "
-              f"master hb {last_hb_before_bless} before the bless, clones' first hb "
-              f"{first_hbs}; "
-              f"test {time.monotonic() - started:.1f} s")
+        print(
+            f"bless (createImage to image active) {bless_s:.1f} s; "
+            f"{CLONES} clones POST to all ACTIVE {post_to_active_s:.1f} s; "
+            f"master hb {last_hb_before_bless} before the bless, clones' first hb "
+            f"{first_hbs}; "
+            f"test {time.monotonic() - started:.1f} s"
+        )

@@ -60,8 +60,7 @@ class TestPageService(base.LibvirtTestCase):
         cls.engine_b = api.CloneEngine(cls.conn, cls.node_b.state_dir)
         cls.master, cls.master_agent, _ = cls.boot_master("master")
         cls.addClassCleanup(cls.master_agent.close)
-        cls.expected = cls.master_agent.request("fill", PATTERN_MIB,
-                                                base.PATTERN_SEED)["checksum"]
+        cls.expected = cls.master_agent.request("fill", PATTERN_MIB, base.PATTERN_SEED)["checksum"]
         cls.hb_before = cls.master_agent.request("ping")["hb"]
         cls.generation = cls.engine_a.bless(cls.master.name())
         cls.hb_after = cls.master_agent.request("ping")["hb"]
@@ -69,16 +68,18 @@ class TestPageService(base.LibvirtTestCase):
     def setUp(self) -> None:
         super().setUp()
         # On failure, what every page service logged.
-        self.addCleanup(lambda: [self.addDetail(f"{n.name}.log", text_content(n.log()))
-                                 for n in self.nodes])
+        self.addCleanup(
+            lambda: [self.addDetail(f"{n.name}.log", text_content(n.log())) for n in self.nodes]
+        )
 
     @classmethod
     def add_node(cls, name: str, **options: object) -> localnode.LocalNode:
         host = cls.network.host(name)
         if "metrics_port" in options:
             options["metrics_host"] = host.address
-        node = localnode.LocalNode(name, cls.state_dir, cls.pki, listen_host=host.address,
-                                   wrapper=host.wrapper, **options)
+        node = localnode.LocalNode(
+            name, cls.state_dir, cls.pki, listen_host=host.address, wrapper=host.wrapper, **options
+        )
         node.start()
         cls.nodes.append(node)
         # Clones first: a FUSE mount still mapped by QEMU cannot go.
@@ -99,13 +100,15 @@ class TestPageService(base.LibvirtTestCase):
 
     def test_clones_on_another_node_run_from_the_origin_state(self):
         generation = self.generation
-        reply = self.node_b.client.attach(generation.id, self.node_a.address,
-                                          generation.access_key)
+        reply = self.node_b.client.attach(
+            generation.id, self.node_a.address, generation.access_key
+        )
         self.assertFalse(reply["local"])
         presented = self.engine_b.store.load(generation.id)
         self.assertEqual(self.node_a.address, presented.origin)
-        self.assertEqual(self.node_b.mount_path(generation.id),
-                         os.readlink(presented.memory_image))
+        self.assertEqual(
+            self.node_b.mount_path(generation.id), os.readlink(presented.memory_image)
+        )
 
         first = self.engine_b.launch(generation.id, 1, name_prefix=f"{self.prefix}-b")[0]
         self.addCleanup(self.destroy_quietly, self.engine_b, first.uuid)
@@ -123,29 +126,41 @@ class TestPageService(base.LibvirtTestCase):
 
         # The clone's disk is an overlay on the frozen base, read through B.
         overlay = os.path.join(self.engine_b.store.clone_dir(first.uuid), "vda.qcow2")
-        backing = json.loads(subprocess.run(
-            ["qemu-img", "info", "-U", "--output=json", overlay], check=True,
-            capture_output=True, text=True).stdout)["backing-filename"]
-        self.assertEqual(self.node_b.mount_path(generation.id, "vda.qcow2"),
-                         os.path.realpath(backing))
+        backing = json.loads(
+            subprocess.run(
+                ["qemu-img", "info", "-U", "--output=json", overlay],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
+        )["backing-filename"]
+        self.assertEqual(
+            self.node_b.mount_path(generation.id, "vda.qcow2"), os.path.realpath(backing)
+        )
 
         # The origin knows which clones node B runs and keeps the generation.
-        waiting.wait(lambda: self.peer_clones(generation) == sorted([first.uuid, second.uuid]),
-                     30, "node B's clones recorded at node A")
+        waiting.wait(
+            lambda: self.peer_clones(generation) == sorted([first.uuid, second.uuid]),
+            30,
+            "node B's clones recorded at node A",
+        )
         error = self.assertRaises(api.GenerationInUse, self.engine_a.discard, generation.id)
         self.assertIn("node-b", str(error))
         # ... and the first node's first clones recorded the working set.
-        waiting.wait(lambda: os.path.exists(os.path.join(generation.directory,
-                                                         "working-set.json")),
-                     30, "the working set at node A")
+        waiting.wait(
+            lambda: os.path.exists(os.path.join(generation.directory, "working-set.json")),
+            30,
+            "the working set at node A",
+        )
 
         # Another node prefetches that working set in one go at attach.
         node_c = self.add_node("node-c")
         with open(os.path.join(generation.directory, "working-set.json")) as f:
             working_set = json.load(f)
         self.assertGreater(len(working_set), 0)
-        reply = node_c.client.attach(generation.id, self.node_a.address,
-                                     generation.access_key, prefetch="working-set")
+        reply = node_c.client.attach(
+            generation.id, self.node_a.address, generation.access_key, prefetch="working-set"
+        )
         self.assertEqual(len(working_set), reply["prefetched_chunks"])
         engine_c = api.CloneEngine(self.conn, node_c.state_dir)
         third = engine_c.launch(generation.id, 1, name_prefix=f"{self.prefix}-c")[0]
@@ -156,74 +171,104 @@ class TestPageService(base.LibvirtTestCase):
         # and cache go, and so does its reference at the origin.
         for clone in (first, second):
             self.engine_b.destroy_clone(clone.uuid)
-        waiting.wait(lambda: generation.id not in self.engine_b.store.generation_ids(),
-                     30, "node B releasing the generation")
-        waiting.wait(lambda: "node-b" not in [p.node for p in
-                                              self.engine_a.store.peer_references(generation)],
-                     30, "node A dropping node B's reference")
-        self.assertFalse(os.path.exists(
-            os.path.join(self.node_b.state_dir, "page-cache", generation.id)))
+        waiting.wait(
+            lambda: generation.id not in self.engine_b.store.generation_ids(),
+            30,
+            "node B releasing the generation",
+        )
+        waiting.wait(
+            lambda: (
+                "node-b" not in [p.node for p in self.engine_a.store.peer_references(generation)]
+            ),
+            30,
+            "node A dropping node B's reference",
+        )
+        self.assertFalse(
+            os.path.exists(os.path.join(self.node_b.state_dir, "page-cache", generation.id))
+        )
 
     def test_a_node_on_shared_storage_reads_the_origins_store_directly(self):
         generation = self.generation
         metrics_port = localnode.free_port()
         node = self.add_node("node-shared", release_idle_s=3600, metrics_port=metrics_port)
         shared = f"local://{self.node_a.state_dir}"  # as if NFS-mounted here too
-        self.assertFalse(node.client.attach(generation.id, shared,
-                                              generation.access_key)["local"])
+        self.assertFalse(node.client.attach(generation.id, shared, generation.access_key)["local"])
         chunk = self.data_chunks(generation)[-1]
-        self.assertSameBytes(self.memory_chunk_at_origin(generation, chunk),
-                             self.read_chunk(node, generation, chunk))
+        self.assertSameBytes(
+            self.memory_chunk_at_origin(generation, chunk),
+            self.read_chunk(node, generation, chunk),
+        )
         # Tenant memory: QEMU's user (and root) only, as a local image.
         image = node.mount_path(generation.id)
-        self.assertEqual((os.stat(generation.memory_image).st_uid, 0o600),
-                         (os.stat(image).st_uid, os.stat(image).st_mode & 0o777))
-        stranger = subprocess.run(["runuser", "-u", "nobody", "--", "head", "-c1", image],
-                                  capture_output=True, text=True)
+        self.assertEqual(
+            (os.stat(generation.memory_image).st_uid, 0o600),
+            (os.stat(image).st_uid, os.stat(image).st_mode & 0o777),
+        )
+        stranger = subprocess.run(
+            ["runuser", "-u", "nobody", "--", "head", "-c1", image], capture_output=True, text=True
+        )
         self.assertNotEqual(0, stranger.returncode)
         self.assertIn("Permission denied", stranger.stderr)
-        self.assertIn("node-shared", [p.node for p in
-                                      self.engine_a.store.peer_references(generation)])
+        self.assertIn(
+            "node-shared", [p.node for p in self.engine_a.store.peer_references(generation)]
+        )
         presented = api.CloneEngine(self.conn, node.state_dir).store.load(generation.id)
         self.assertEqual(shared, presented.origin)
         # What it fetched shows in its stats and on its Prometheus endpoint.
         fetched = self.remote_stats(node, generation.id)["bytes_fetched"]
         self.assertGreaterEqual(fetched, CHUNK)
         host = node.address.rpartition(":")[0]
-        with urllib.request.urlopen(f"http://{host}:{metrics_port}/metrics",
-                                    timeout=10) as reply:
-            samples = {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
-                       for family in parser.text_string_to_metric_families(
-                           reply.read().decode()) for sample in family.samples}
-        self.assertEqual(fetched, samples[
-            ("nova_clone_pageserver_remote_bytes_fetched_total",
-             (("generation", generation.id), ("origin", shared)))])
+        with urllib.request.urlopen(f"http://{host}:{metrics_port}/metrics", timeout=10) as reply:
+            samples = {
+                (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+                for family in parser.text_string_to_metric_families(reply.read().decode())
+                for sample in family.samples
+            }
+        self.assertEqual(
+            fetched,
+            samples[
+                (
+                    "nova_clone_pageserver_remote_bytes_fetched_total",
+                    (("generation", generation.id), ("origin", shared)),
+                )
+            ],
+        )
         # Nothing went through node A's page service.
         served = self.node_a.client.stats()["origin"]["generations"]
         self.assertNotIn("node-shared", served.get(generation.id, {}))
-        error = self.assertRaises(control.PageServiceError, node.client.attach,
-                                  "0" * 32, "nfs://server/export", "k")
+        error = self.assertRaises(
+            control.PageServiceError, node.client.attach, "0" * 32, "nfs://server/export", "k"
+        )
         self.assertIn("no page service transport 'nfs'", str(error))
 
     def test_background_completion_fetches_everything_at_a_bounded_rate(self):
-        node = self.add_node("node-background", release_idle_s=3600,
-                             background_fetch_mib_per_s=200)
-        node.client.attach(self.generation.id, self.node_a.address,
-                           self.generation.access_key)
-        waiting.wait(lambda: (self.remote_stats(node, self.generation.id)["chunks_cached"]
-                              == self.remote_stats(node, self.generation.id)["chunks_total"]),
-                     60, "the background completion")
+        node = self.add_node(
+            "node-background", release_idle_s=3600, background_fetch_mib_per_s=200
+        )
+        node.client.attach(self.generation.id, self.node_a.address, self.generation.access_key)
+        waiting.wait(
+            lambda: (
+                self.remote_stats(node, self.generation.id)["chunks_cached"]
+                == self.remote_stats(node, self.generation.id)["chunks_total"]
+            ),
+            60,
+            "the background completion",
+        )
         stats = self.remote_stats(node, self.generation.id)
         self.assertGreater(stats["bytes_fetched"], PATTERN_MIB * CHUNK)
         # Logged after the pause that follows the last batch.
-        waiting.wait(lambda: "is complete in the cache" in node.log(), 10,
-                     lambda: f"no completion in the log: {node.log()[-2000:]}")
+        waiting.wait(
+            lambda: "is complete in the cache" in node.log(),
+            10,
+            lambda: f"no completion in the log: {node.log()[-2000:]}",
+        )
 
     def test_full_prefetch_makes_a_node_independent_of_the_origin(self):
         generation = self.engine_a.bless(self.master.name())
         node = self.add_node("node-full", release_idle_s=3600)
-        reply = node.client.attach(generation.id, self.node_a.address,
-                                   generation.access_key, prefetch="full")
+        reply = node.client.attach(
+            generation.id, self.node_a.address, generation.access_key, prefetch="full"
+        )
         stats = self.remote_stats(node, generation.id)
         self.assertEqual(stats["chunks_total"], stats["chunks_cached"], stats)
         self.assertGreater(reply["prefetched_mib"], PATTERN_MIB)
@@ -242,8 +287,7 @@ class TestPageService(base.LibvirtTestCase):
         with open(generation.memory_image, "r+b") as f:
             f.seek(damaged * CHUNK + 100)
             f.write(b"\xff" * 16)
-        self.node_b.client.attach(generation.id, self.node_a.address,
-                                          generation.access_key)
+        self.node_b.client.attach(generation.id, self.node_a.address, generation.access_key)
         with open(self.node_b.mount_path(generation.id), "rb") as f:
             f.seek(damaged * CHUNK)
             error = self.assertRaises(OSError, f.read, 4096)
@@ -269,8 +313,9 @@ class TestPageService(base.LibvirtTestCase):
         # A native thread: stestr workers may run under eventlet (nova's
         # test package patches them), and a green thread blocked in a read
         # would block this one too.
-        reader = native.thread_class()(target=lambda: result.update(
-            data=self.read_chunk(node, generation, first)))
+        reader = native.thread_class()(
+            target=lambda: result.update(data=self.read_chunk(node, generation, first))
+        )
         reader.start()
         time.sleep(1)
         self.node_a.start()
@@ -299,22 +344,35 @@ class TestPageService(base.LibvirtTestCase):
         cached = self.remote_stats(node, generation.id)["chunks_cached"]["memory.img"]
         node.stop(signal.SIGKILL)  # a crash: the FUSE mount is left dead
         node.start()  # a new mount: nothing of it in the kernel's page cache
-        self.assertEqual(cached,
-                         self.remote_stats(node, generation.id)["chunks_cached"]["memory.img"])
+        self.assertEqual(
+            cached, self.remote_stats(node, generation.id)["chunks_cached"]["memory.img"]
+        )
         self.assertSameBytes(data, self.read_chunk(node, generation, chunk))
         self.assertEqual(0, self.remote_stats(node, generation.id).get("bytes_fetched", 0))
 
     def test_bad_attach_requests_change_nothing(self):
         before = sorted(self.engine_b.store.generation_ids())
         key = self.generation.access_key
-        error = self.assertRaises(control.PageServiceError, self.node_b.client.attach,
-                                  "0" * 32, self.node_a.address, key)
+        error = self.assertRaises(
+            control.PageServiceError, self.node_b.client.attach, "0" * 32, self.node_a.address, key
+        )
         self.assertIn("no snapshot generation", str(error))
-        error = self.assertRaises(control.PageServiceError, self.node_b.client.attach,
-                                  self.generation.id, self.node_a.address, key, "everything")
+        error = self.assertRaises(
+            control.PageServiceError,
+            self.node_b.client.attach,
+            self.generation.id,
+            self.node_a.address,
+            key,
+            "everything",
+        )
         self.assertIn("prefetch must be one of", str(error))
-        error = self.assertRaises(control.PageServiceError, self.node_b.client.attach,
-                                  self.generation.id, "not-an-address", key)
+        error = self.assertRaises(
+            control.PageServiceError,
+            self.node_b.client.attach,
+            self.generation.id,
+            "not-an-address",
+            key,
+        )
         self.assertIn("not <host>:<port>", str(error))
         self.assertEqual(before, sorted(self.engine_b.store.generation_ids()))
 
@@ -324,42 +382,65 @@ class TestPageService(base.LibvirtTestCase):
         # is left on either side.
         node = self.add_node("node-nokey")
         for wrong in ("", "0" * 64, self.generation.access_key[:-1]):
-            error = self.assertRaises(control.PageServiceError, node.client.attach,
-                                      self.generation.id, self.node_a.address, wrong)
+            error = self.assertRaises(
+                control.PageServiceError,
+                node.client.attach,
+                self.generation.id,
+                self.node_a.address,
+                wrong,
+            )
             self.assertIn("did not present the access key", str(error))
-        self.assertNotIn(self.generation.id, api.CloneEngine(
-            self.conn, node.state_dir).store.generation_ids())
-        self.assertNotIn("node-nokey", [p.node for p in
-                                        self.engine_a.store.peer_references(self.generation)])
+        self.assertNotIn(
+            self.generation.id, api.CloneEngine(self.conn, node.state_dir).store.generation_ids()
+        )
+        self.assertNotIn(
+            "node-nokey", [p.node for p in self.engine_a.store.peer_references(self.generation)]
+        )
         # The same through the shared-storage transport.
-        error = self.assertRaises(control.PageServiceError, node.client.attach,
-                                  self.generation.id, f"local://{self.node_a.state_dir}",
-                                  "0" * 64)
+        error = self.assertRaises(
+            control.PageServiceError,
+            node.client.attach,
+            self.generation.id,
+            f"local://{self.node_a.state_dir}",
+            "0" * 64,
+        )
         self.assertIn("did not present the access key", str(error))
         # A node that has it, once: asking again with another key is refused
         # too (the key is checked every time).
-        node.client.attach(self.generation.id, self.node_a.address,
-                           self.generation.access_key)
-        error = self.assertRaises(control.PageServiceError, node.client.attach,
-                                  self.generation.id, self.node_a.address, "0" * 64)
+        node.client.attach(self.generation.id, self.node_a.address, self.generation.access_key)
+        error = self.assertRaises(
+            control.PageServiceError,
+            node.client.attach,
+            self.generation.id,
+            self.node_a.address,
+            "0" * 64,
+        )
         self.assertIn("not the access key", str(error))
         # Straight to the origin: OPEN without a key or with a wrong one.
         context = self.client_context(self.pki, "node-g")
         closer = protocol.encode(Kind.DATA, 2, b"")  # malformed: the origin hangs up
-        for data, reason in (({}, "OPEN needs the generation's access key"),
-                             ({"key": "0" * 64}, "did not present the access key")):
-            replies = self.exchange(context, protocol.encode_json(
-                Kind.OPEN, 1, {"generation": self.generation.id, "clones": [], **data})
-                + closer)
+        for data, reason in (
+            ({}, "OPEN needs the generation's access key"),
+            ({"key": "0" * 64}, "did not present the access key"),
+        ):
+            replies = self.exchange(
+                context,
+                protocol.encode_json(
+                    Kind.OPEN, 1, {"generation": self.generation.id, "clones": [], **data}
+                )
+                + closer,
+            )
             self.assertEqual(Kind.ERROR, replies[0][0])
             self.assertIn(reason, json.loads(replies[0][1])["error"])
-        error = self.assertRaises(transport.Refused, self.fetch_with, context,
-                                  self.generation.id)
+        error = self.assertRaises(transport.Refused, self.fetch_with, context, self.generation.id)
         self.assertIn("node-g has not opened generation", str(error))
 
     def test_peers_must_authenticate_and_only_get_what_they_opened(self):
-        open_request = protocol.encode_json(Kind.OPEN, 1, {
-            "generation": self.generation.id, "clones": [], "key": self.generation.access_key})
+        open_request = protocol.encode_json(
+            Kind.OPEN,
+            1,
+            {"generation": self.generation.id, "clones": [], "key": self.generation.access_key},
+        )
         # No client certificate: the origin drops the connection unanswered.
         bare = ssl.create_default_context(cafile=self.pki.ca_file)
         self.assertTrue(self.refused(bare, open_request))
@@ -372,11 +453,11 @@ class TestPageService(base.LibvirtTestCase):
         self.assertFalse(self.refused(self.client_context(self.pki, "node-f"), open_request))
         # A node of the deployment that never opened the generation.
         context = self.client_context(self.pki, "node-d")
-        error = self.assertRaises(transport.Refused, self.fetch_with, context,
-                                  self.generation.id)
+        error = self.assertRaises(transport.Refused, self.fetch_with, context, self.generation.id)
         self.assertIn("node-d has not opened generation", str(error))
-        self.assertNotIn("node-d", [p.node for p in
-                                    self.engine_a.store.peer_references(self.generation)])
+        self.assertNotIn(
+            "node-d", [p.node for p in self.engine_a.store.peer_references(self.generation)]
+        )
 
     def test_malformed_requests_get_an_error_and_a_closed_connection(self):
         context = self.client_context(self.pki, "node-e")
@@ -395,10 +476,18 @@ class TestPageService(base.LibvirtTestCase):
             self.assertEqual(1, len(replies), request)
             self.assertEqual(Kind.ERROR, replies[0][0], request)
         # A chunk beyond the end of the image, once the generation is open.
-        open_request = protocol.encode_json(Kind.OPEN, 1, {
-            "generation": self.generation.id, "clones": [], "key": self.generation.access_key})
-        beyond = protocol.encode(Kind.FETCH, 2, protocol.encode_fetch(
-            self.generation.id, protocol.MEMORY_FILE, [len(self.generation.chunks)]))
+        open_request = protocol.encode_json(
+            Kind.OPEN,
+            1,
+            {"generation": self.generation.id, "clones": [], "key": self.generation.access_key},
+        )
+        beyond = protocol.encode(
+            Kind.FETCH,
+            2,
+            protocol.encode_fetch(
+                self.generation.id, protocol.MEMORY_FILE, [len(self.generation.chunks)]
+            ),
+        )
         replies = self.exchange(context, open_request + beyond)
         self.assertEqual([Kind.OK, Kind.ERROR], [kind for kind, _ in replies])
         self.assertIn("beyond the end", json.loads(replies[1][1])["error"])
@@ -407,9 +496,13 @@ class TestPageService(base.LibvirtTestCase):
         fuzz = random.Random(4242)
         for _ in range(60):
             payload = fuzz.randbytes(fuzz.randrange(0, 64))
-            header = protocol.HEADER.pack(protocol.MAGIC, fuzz.randrange(256),
-                                          fuzz.randrange(256), fuzz.randrange(1 << 32),
-                                          fuzz.choice([len(payload), fuzz.randrange(1 << 32)]))
+            header = protocol.HEADER.pack(
+                protocol.MAGIC,
+                fuzz.randrange(256),
+                fuzz.randrange(256),
+                fuzz.randrange(1 << 32),
+                fuzz.choice([len(payload), fuzz.randrange(1 << 32)]),
+            )
             # (A timeout: the service waits for the rest of a long message.)
             with contextlib.suppress(TimeoutError):
                 self.exchange(context, header + payload, timeout_s=2)
@@ -426,9 +519,14 @@ class TestPageService(base.LibvirtTestCase):
 
     def assertSameBytes(self, expected: bytes | None, actual: bytes | None) -> None:
         """Compared by digest: a failure must not print a megabyte."""
+
         def digest(data: bytes | None) -> str | None:
-            return None if data is None else f"{len(data)} bytes, sha256 " + \
-                hashlib.sha256(data).hexdigest()
+            return (
+                None
+                if data is None
+                else f"{len(data)} bytes, sha256 " + hashlib.sha256(data).hexdigest()
+            )
+
         self.assertEqual(digest(expected), digest(actual))
 
     def check_clone(self, engine: api.CloneEngine, clone: api.Clone) -> None:
@@ -453,8 +551,9 @@ class TestPageService(base.LibvirtTestCase):
                 return ref.clones
         return []
 
-    def read_chunk(self, node: localnode.LocalNode, generation: api.Generation,
-                   chunk: int) -> bytes:
+    def read_chunk(
+        self, node: localnode.LocalNode, generation: api.Generation, chunk: int
+    ) -> bytes:
         with open(node.mount_path(generation.id), "rb") as f:
             f.seek(chunk * CHUNK)
             return f.read(CHUNK)
@@ -471,18 +570,23 @@ class TestPageService(base.LibvirtTestCase):
         """Whether the origin refuses the connection (during the handshake,
         or by closing it without a reply once it has checked the peer)."""
         try:
-            with (socket.create_connection(self.origin_address(), timeout=10) as raw,
-                  context.wrap_socket(raw, server_hostname=self.origin_address()[0]) as sock):
+            with (
+                socket.create_connection(self.origin_address(), timeout=10) as raw,
+                context.wrap_socket(raw, server_hostname=self.origin_address()[0]) as sock,
+            ):
                 sock.sendall(request)
                 return sock.recv(protocol.HEADER.size) == b""
         except (ssl.SSLError, ConnectionError):
             return True
 
-    def exchange(self, context: ssl.SSLContext, request: bytes,
-                 timeout_s: float = 10) -> list[tuple[int, bytes]]:
+    def exchange(
+        self, context: ssl.SSLContext, request: bytes, timeout_s: float = 10
+    ) -> list[tuple[int, bytes]]:
         """Send raw bytes to node A; the replies until it closes the connection."""
-        with (socket.create_connection(self.origin_address(), timeout=timeout_s) as raw,
-              context.wrap_socket(raw, server_hostname=self.origin_address()[0]) as sock):
+        with (
+            socket.create_connection(self.origin_address(), timeout=timeout_s) as raw,
+            context.wrap_socket(raw, server_hostname=self.origin_address()[0]) as sock,
+        ):
             sock.sendall(request)
             received = b""
             while chunk := sock.recv(65536):
@@ -491,21 +595,23 @@ class TestPageService(base.LibvirtTestCase):
         while received:
             _magic, kind, _flags, _rid, length = protocol.HEADER.unpack_from(received)
             end = protocol.HEADER.size + length
-            replies.append((kind, received[protocol.HEADER.size:end]))
+            replies.append((kind, received[protocol.HEADER.size : end]))
             received = received[end:]
         return replies
 
     def fetch_with(self, context: ssl.SSLContext, generation_id: str) -> None:
         asyncio.run(self.fetch_chunk(context, generation_id, 0, open_first=False))
 
-    async def fetch_chunk(self, context: ssl.SSLContext, generation_id: str, chunk: int,
-                          open_first: bool = True) -> bytes | None:
+    async def fetch_chunk(
+        self, context: ssl.SSLContext, generation_id: str, chunk: int, open_first: bool = True
+    ) -> bytes | None:
         client = peer_mod.OriginClient(self.node_a.address, context, 10, 4)
         try:
             if open_first:
                 key = self.engine_a.store.load(generation_id).access_key
-                await client.request_json(Kind.OPEN, {"generation": generation_id,
-                                                      "clones": [], "key": key})
+                await client.request_json(
+                    Kind.OPEN, {"generation": generation_id, "clones": [], "key": key}
+                )
             data = await client.fetch(generation_id, protocol.MEMORY_FILE, [chunk])
             return data[chunk]
         finally:

@@ -30,8 +30,9 @@ def _spin() -> None:
 
 @contextlib.contextmanager
 def busy_host_cpus():
-    workers = [multiprocessing.Process(target=_spin, daemon=True)
-               for _ in range(os.cpu_count() or 2)]
+    workers = [
+        multiprocessing.Process(target=_spin, daemon=True) for _ in range(os.cpu_count() or 2)
+    ]
     for worker in workers:
         worker.start()
     try:
@@ -54,7 +55,8 @@ def differing_pages(path_a: str, path_b: str) -> list[int]:
                 differing.extend(
                     page + i // PAGE_SIZE_BYTES
                     for i in range(0, len(block_a), PAGE_SIZE_BYTES)
-                    if block_a[i:i + PAGE_SIZE_BYTES] != block_b[i:i + PAGE_SIZE_BYTES])
+                    if block_a[i : i + PAGE_SIZE_BYTES] != block_b[i : i + PAGE_SIZE_BYTES]
+                )
             page += len(block_a) // PAGE_SIZE_BYTES
 
 
@@ -68,11 +70,15 @@ class TestSnapshotConsistency(base.LibvirtTestCase):
 
         def dump_before_resume(domain, deadline):
             finalized(domain, deadline)
-            qmp.command(domain, "pmemsave", val=0, size=base.MASTER_MEMORY_MIB << 20,
-                        filename=dump_path)
+            qmp.command(
+                domain, "pmemsave", val=0, size=base.MASTER_MEMORY_MIB << 20, filename=dump_path
+            )
 
-        self.useFixture(fixtures.MonkeyPatch(
-            "nova_clonedriver.engine.bless._wait_until_finalized", dump_before_resume))
+        self.useFixture(
+            fixtures.MonkeyPatch(
+                "nova_clonedriver.engine.bless._wait_until_finalized", dump_before_resume
+            )
+        )
         agent.close()
         for attempt in range(3):
             # Write memory, hang up (the guest's agent then wakes up and
@@ -82,6 +88,9 @@ class TestSnapshotConsistency(base.LibvirtTestCase):
             agent.close()
             with busy_host_cpus():
                 generation = engine.bless(master.name())
-            self.assertEqual([], differing_pages(generation.memory_image, dump_path),
-                             f"bless {attempt + 1}: pages of the image differ from "
-                             "the master's RAM at the snapshot instant")
+            self.assertEqual(
+                [],
+                differing_pages(generation.memory_image, dump_path),
+                f"bless {attempt + 1}: pages of the image differ from "
+                "the master's RAM at the snapshot instant",
+            )

@@ -48,8 +48,7 @@ class TestTestGuest(base.LibvirtTestCase):
         self.assertNotEqual(first["random"], second["random"])
         self.assertRegex(first["genid"], r"^[0-9a-f]{32}$")
         self.assertNotEqual("0" * 32, first["genid"])
-        mac = ET.fromstring(self.domain.XMLDesc(0)).find(
-            "devices/interface/mac").get("address")
+        mac = ET.fromstring(self.domain.XMLDesc(0)).find("devices/interface/mac").get("address")
         self.assertEqual([mac], [n["mac"] for n in first["nics"]])
 
     def test_malformed_requests_get_errors_and_the_agent_lives_on(self):

@@ -31,11 +31,13 @@ class TestStaleReferences(testtools.TestCase):
         for clone_uuid, (started, age, _, _) in cases.items():
             directory = os.path.join(root, "clones", clone_uuid)
             os.makedirs(directory)
-            engine.store.add_reference(generation, _ref(generation, clone_uuid, started,
-                                                        age, directory))
+            engine.store.add_reference(
+                generation, _ref(generation, clone_uuid, started, age, directory)
+            )
         exists = {u for u, case in cases.items() if case[2]}
-        with mock.patch.object(engine, "_domain",
-                               side_effect=lambda u: object() if u in exists else None):
+        with mock.patch.object(
+            engine, "_domain", side_effect=lambda u: object() if u in exists else None
+        ):
             kept = {r.uuid for r in engine.clones(generation)}
         self.assertEqual({u for u, case in cases.items() if case[3]}, kept)
         self.assertEqual(kept, {r.uuid for r in engine.store.references(generation)})
@@ -43,8 +45,15 @@ class TestStaleReferences(testtools.TestCase):
             self.assertEqual(case[3], os.path.isdir(os.path.join(root, "clones", clone_uuid)))
 
     def test_reference_defaults_to_not_started(self):
-        ref = store_mod.CloneReference(uuid="u", name="n", generation="g", directory="d",
-                                       created_at="t", overlays={}, mac_addresses=[])
+        ref = store_mod.CloneReference(
+            uuid="u",
+            name="n",
+            generation="g",
+            directory="d",
+            created_at="t",
+            overlays={},
+            mac_addresses=[],
+        )
         self.assertFalse(ref.started)
 
 

@@ -22,9 +22,17 @@ class TestOptions(testtools.TestCase):
     def test_generator_writes_a_sample_with_the_clone_group(self):
         out = os.path.join(self.useFixture(fixtures.TempDir()).path, "sample.conf")
         generator = os.path.join(os.path.dirname(sys.executable), "oslo-config-generator")
-        subprocess.run([generator, "--config-file",
-                        os.path.join(REPO, "etc", "nova-clonedriver-config-generator.conf"),
-                        "--output-file", out], check=True, cwd=REPO)
+        subprocess.run(
+            [
+                generator,
+                "--config-file",
+                os.path.join(REPO, "etc", "nova-clonedriver-config-generator.conf"),
+                "--output-file",
+                out,
+            ],
+            check=True,
+            cwd=REPO,
+        )
         with open(out) as f:
             sample = f.read()
         self.assertIn("[clone]", sample)

@@ -46,9 +46,12 @@ MASTER = """<domain type='qemu' id='7'>
 </domain>"""
 
 IDENTITY = domainxml.CloneIdentity(
-    name="web-clone-1", uuid="33333333-3333-3333-3333-333333333333",
-    genid="44444444-4444-4444-4444-444444444444", directory="/store/clones/3333",
-    overlays={"vda": "/store/clones/3333/vda.qcow2"})
+    name="web-clone-1",
+    uuid="33333333-3333-3333-3333-333333333333",
+    genid="44444444-4444-4444-4444-444444444444",
+    directory="/store/clones/3333",
+    overlays={"vda": "/store/clones/3333/vda.qcow2"},
+)
 
 
 class TestMasterFacts(testtools.TestCase):
@@ -63,31 +66,36 @@ class TestMasterFacts(testtools.TestCase):
         clone = domainxml.clone_xml(MASTER, IDENTITY, "/store/g/memory.img", 256 << 20)
         self.assertTrue(domainxml.is_clone(domainxml.parse(clone)))
         # An eager restore (no memory image) is not a clone of anything.
-        self.assertFalse(domainxml.is_clone(domainxml.parse(
-            domainxml.clone_xml(MASTER, IDENTITY, None, 256 << 20))))
+        self.assertFalse(
+            domainxml.is_clone(
+                domainxml.parse(domainxml.clone_xml(MASTER, IDENTITY, None, 256 << 20))
+            )
+        )
 
     def test_writable_disks_skip_readonly(self):
         disks = domainxml.writable_disks(domainxml.parse(MASTER))
         self.assertEqual([domainxml.DiskInfo("vda", "/srv/web/disk.raw", "raw")], disks)
 
     def test_network_disk_is_refused(self):
-        xml = MASTER.replace("<disk type='file' device='disk'>",
-                             "<disk type='network' device='disk'>")
-        error = self.assertRaises(domainxml.DomainXMLError, domainxml.writable_disks,
-                                  domainxml.parse(xml))
+        xml = MASTER.replace(
+            "<disk type='file' device='disk'>", "<disk type='network' device='disk'>"
+        )
+        error = self.assertRaises(
+            domainxml.DomainXMLError, domainxml.writable_disks, domainxml.parse(xml)
+        )
         self.assertIn("network", str(error))
 
     def test_unknown_format_is_refused(self):
         xml = MASTER.replace("type='raw'", "type='vmdk'")
-        self.assertRaises(domainxml.DomainXMLError, domainxml.writable_disks,
-                          domainxml.parse(xml))
+        self.assertRaises(domainxml.DomainXMLError, domainxml.writable_disks, domainxml.parse(xml))
 
 
 class TestCloneXML(testtools.TestCase):
     def setUp(self):
         super().setUp()
-        self.root = ET.fromstring(domainxml.clone_xml(MASTER, IDENTITY, "/store/g/memory.img",
-                                                      256 << 20))
+        self.root = ET.fromstring(
+            domainxml.clone_xml(MASTER, IDENTITY, "/store/g/memory.img", 256 << 20)
+        )
 
     def test_identity(self):
         self.assertIsNone(self.root.get("id"))
@@ -98,8 +106,14 @@ class TestCloneXML(testtools.TestCase):
     def test_sysinfo_carries_the_clone_uuid(self):
         # libvirt refuses a domain whose <sysinfo> UUID is not its <uuid>.
         entries = {e.get("name"): e.text for e in self.root.findall("sysinfo/system/entry")}
-        self.assertEqual({"manufacturer": "OpenStack Foundation", "serial": IDENTITY.uuid,
-                          "uuid": IDENTITY.uuid}, entries)
+        self.assertEqual(
+            {
+                "manufacturer": "OpenStack Foundation",
+                "serial": IDENTITY.uuid,
+                "uuid": IDENTITY.uuid,
+            },
+            entries,
+        )
 
     def test_disk_becomes_overlay_without_stale_backing_chain(self):
         disk, cdrom = self.root.findall("devices/disk")
@@ -109,20 +123,38 @@ class TestCloneXML(testtools.TestCase):
         self.assertEqual("/srv/config.iso", cdrom.find("source").get("file"))
 
     def test_console_and_channel_paths_move_to_the_clone(self):
-        paths = [e.get("path") or e.get("file") for e in self.root.iter()
-                 if e.tag in ("source", "log") and (e.get("path") or e.get("file", "")
-                                                    .endswith(".log"))]
-        self.assertEqual(["/store/clones/3333/console.log", "/store/clones/3333/console.log",
-                          "/store/clones/3333/pty.log", "/store/clones/3333/agent.sock"],
-                         paths)
+        paths = [
+            e.get("path") or e.get("file")
+            for e in self.root.iter()
+            if e.tag in ("source", "log") and (e.get("path") or e.get("file", "").endswith(".log"))
+        ]
+        self.assertEqual(
+            [
+                "/store/clones/3333/console.log",
+                "/store/clones/3333/console.log",
+                "/store/clones/3333/pty.log",
+                "/store/clones/3333/agent.sock",
+            ],
+            paths,
+        )
 
     def test_ram_is_the_memory_image_mapped_privately(self):
-        args = [a.get("value") for a in
-                self.root.findall(f"{{{domainxml.QEMU_NS}}}commandline/{{{domainxml.QEMU_NS}}}arg")]
-        self.assertEqual(["-object",
-                          "memory-backend-file,id=clone-ram,mem-path=/store/g/memory.img,"
-                          "share=off,size=268435456",
-                          "-machine", "memory-backend=clone-ram"], args)
+        args = [
+            a.get("value")
+            for a in self.root.findall(
+                f"{{{domainxml.QEMU_NS}}}commandline/{{{domainxml.QEMU_NS}}}arg"
+            )
+        ]
+        self.assertEqual(
+            [
+                "-object",
+                "memory-backend-file,id=clone-ram,mem-path=/store/g/memory.img,"
+                "share=off,size=268435456",
+                "-machine",
+                "memory-backend=clone-ram",
+            ],
+            args,
+        )
 
     def test_nic_keeps_master_mac_until_swapped(self):
         interface = domainxml.interfaces(self.root)[0]

@@ -53,8 +53,10 @@ class TestGuestXMLForClones(testtools.TestCase):
 
     def test_a_never_blessed_server_keeps_its_disks(self):
         _, root = self.rewritten()
-        self.assertEqual([f"{self.folder}/disk", f"{self.folder}/disk.config"],
-                         [s.get("file") for s in root.iterfind("devices/disk/source")])
+        self.assertEqual(
+            [f"{self.folder}/disk", f"{self.folder}/disk.config"],
+            [s.get("file") for s in root.iterfind("devices/disk/source")],
+        )
 
     def test_a_blessed_master_runs_on_its_last_overlay(self):
         for name in ("disk", "disk.live-0123abcd"):
@@ -62,8 +64,11 @@ class TestGuestXMLForClones(testtools.TestCase):
         os.symlink("disk.live-0123abcd", os.path.join(self.folder, "disk.top"))
         _, root = self.rewritten(fmt="raw")
         [disk, config] = root.iterfind("devices/disk")
-        self.assertEqual((f"{self.folder}/disk.live-0123abcd", "qcow2"),
-                         (disk.find("source").get("file"), disk.find("driver").get("type")))
-        self.assertEqual((f"{self.folder}/disk.config", "raw"),
-                         (config.find("source").get("file"),
-                          config.find("driver").get("type")))
+        self.assertEqual(
+            (f"{self.folder}/disk.live-0123abcd", "qcow2"),
+            (disk.find("source").get("file"), disk.find("driver").get("type")),
+        )
+        self.assertEqual(
+            (f"{self.folder}/disk.config", "raw"),
+            (config.find("source").get("file"), config.find("driver").get("type")),
+        )

@@ -50,8 +50,9 @@ REQUIRED = {
 BASE_CASE = {CLUSTER: "cluster", AUTOSCALING: "autoscaling", FORK: "fork"}
 
 
-def _case(template: str, drop: str | None = None, mutate: dict[str, Any] | None = None,
-          **params: str) -> dict[str, Any]:
+def _case(
+    template: str, drop: str | None = None, mutate: dict[str, Any] | None = None, **params: str
+) -> dict[str, Any]:
     """A validation case: the template's required parameters, overridden by
     ``params`` (strings, as ``--parameter`` passes them), without ``drop``;
     ``mutate`` adds properties to the template's OS::Nova::Server."""
@@ -69,10 +70,12 @@ CASES = {
     "cluster-no-image": _case(CLUSTER, drop="live_image"),
     "cluster-bad-prefix": _case(CLUSTER, name_prefix="web clones"),
     "autoscaling": _case(AUTOSCALING),
-    "autoscaling-step": _case(AUTOSCALING, step="3", network="private", min_size="0",
-                              max_size="30", desired_capacity="6"),
-    "autoscaling-min-above-max": _case(AUTOSCALING, min_size="5", max_size="2",
-                                       desired_capacity="3"),
+    "autoscaling-step": _case(
+        AUTOSCALING, step="3", network="private", min_size="0", max_size="30", desired_capacity="6"
+    ),
+    "autoscaling-min-above-max": _case(
+        AUTOSCALING, min_size="5", max_size="2", desired_capacity="3"
+    ),
     "autoscaling-desired-above-max": _case(AUTOSCALING, desired_capacity="9"),
     "autoscaling-zero-step": _case(AUTOSCALING, step="0"),
     "fork": _case(FORK),
@@ -84,7 +87,8 @@ CASES = {
 for _name in REQUIRED:
     CASES[f"{_name}-unknown-property"] = _case(_name, mutate={"flavour": "web-clone"})
     CASES[f"{_name}-bad-allocate-network"] = _case(
-        _name, mutate={"networks": [{"allocate_network": "nothing"}]})
+        _name, mutate={"networks": [{"allocate_network": "nothing"}]}
+    )
 
 
 def _run_child(cases: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -92,11 +96,17 @@ def _run_child(cases: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     to nova, see the module docstring) and return its JSON answer."""
     proc = subprocess.run(
         [sys.executable, "-m", "tests.unit.test_heat_templates"],
-        input=json.dumps(cases), capture_output=True, text=True, cwd=REPO, timeout=600,
-        check=False)
+        input=json.dumps(cases),
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=600,
+        check=False,
+    )
     if proc.returncode != 0:
-        raise AssertionError(f"heat child process failed ({proc.returncode}):\n"
-                             f"{proc.stderr[-6000:]}")
+        raise AssertionError(
+            f"heat child process failed ({proc.returncode}):\n{proc.stderr[-6000:]}"
+        )
     return json.loads(proc.stdout)
 
 
@@ -131,9 +141,13 @@ class HeatTemplateTestCase(testtools.TestCase):
     def member(self, result: dict[str, Any]) -> dict[str, Any]:
         """The member server of the template's group: all members must be
         the same server but for their names."""
-        kinds = {json.dumps({**m, "properties": {k: v for k, v in m["properties"].items()
-                                                 if k != "name"}}, sort_keys=True)
-                 for m in result["members"].values()}
+        kinds = {
+            json.dumps(
+                {**m, "properties": {k: v for k, v in m["properties"].items() if k != "name"}},
+                sort_keys=True,
+            )
+            for m in result["members"].values()
+        }
         self.assertEqual(1, len(kinds), result["members"])
         member = json.loads(kinds.pop())
         self.assertEqual("OS::Nova::Server", member["type"])
@@ -156,8 +170,7 @@ class TestEveryTemplate(HeatTemplateTestCase):
                 self.assertTrue(output, f"{template}: output {name}")
 
     def test_nested_server_is_validated_with_the_given_image_and_flavor(self):
-        for case, image in (("cluster", "web-live"), ("autoscaling", "web-live"),
-                            ("fork", "web")):
+        for case, image in (("cluster", "web-live"), ("autoscaling", "web-live"), ("fork", "web")):
             result = self.valid(case)
             self.assertEqual([image], result["looked_up"]["images"], case)
             self.assertEqual(["web-clone"], result["looked_up"]["flavors"], case)
@@ -165,39 +178,52 @@ class TestEveryTemplate(HeatTemplateTestCase):
     def test_no_network_is_allocate_network_none(self):
         for case in ("cluster", "autoscaling", "fork"):
             member = self.member(self.valid(case))
-            self.assertEqual([{"allocate_network": "none"}],
-                             member["properties"]["networks"], case)
+            self.assertEqual(
+                [{"allocate_network": "none"}], member["properties"]["networks"], case
+            )
 
     def test_a_network_gives_one_port_on_it(self):
         for case in ("cluster-network", "autoscaling-step", "fork-zone-network"):
             result = self.valid(case)
-            self.assertEqual([{"network": "private"}],
-                             self.member(result)["properties"]["networks"], case)
+            self.assertEqual(
+                [{"network": "private"}], self.member(result)["properties"]["networks"], case
+            )
             self.assertEqual(["private"], result["looked_up"]["networks"], case)
 
     def test_unknown_server_property_is_rejected(self):
         for template in REQUIRED:
-            self.invalid(f"{template}-unknown-property", "StackValidationFailed",
-                         "Unknown Property flavour")
+            self.invalid(
+                f"{template}-unknown-property", "StackValidationFailed", "Unknown Property flavour"
+            )
 
     def test_bad_allocate_network_value_is_rejected(self):
         for template in REQUIRED:
-            self.invalid(f"{template}-bad-allocate-network", "StackValidationFailed",
-                         '"nothing" is not an allowed value')
+            self.invalid(
+                f"{template}-bad-allocate-network",
+                "StackValidationFailed",
+                '"nothing" is not an allowed value',
+            )
 
 
 class TestCloneCluster(HeatTemplateTestCase):
     def test_default_cluster_is_four_clones_of_the_live_image(self):
         result = self.valid("cluster")
-        self.assertEqual({"clones": "OS::Heat::ResourceGroup"},
-                         {n: r["type"] for n, r in result["resources"].items()})
+        self.assertEqual(
+            {"clones": "OS::Heat::ResourceGroup"},
+            {n: r["type"] for n, r in result["resources"].items()},
+        )
         self.assertEqual(4, result["resources"]["clones"]["properties"]["count"])
         self.assertEqual(["0", "1", "2", "3"], sorted(result["members"]))
         for index, member in result["members"].items():
-            self.assertEqual({"name": f"clone-{index}", "image": "web-live",
-                              "flavor": "web-clone",
-                              "networks": [{"allocate_network": "none"}]},
-                             member["properties"])
+            self.assertEqual(
+                {
+                    "name": f"clone-{index}",
+                    "image": "web-live",
+                    "flavor": "web-clone",
+                    "networks": [{"allocate_network": "none"}],
+                },
+                member["properties"],
+            )
         self.assertEqual({"server_ids", "server_names"}, set(result["outputs"]))
 
     def test_count_and_name_prefix(self):
@@ -209,31 +235,50 @@ class TestCloneCluster(HeatTemplateTestCase):
         self.assertEqual({}, self.valid("cluster-empty")["members"])
 
     def test_negative_count_violates_the_constraint(self):
-        self.invalid("cluster-negative-count", "StackValidationFailed",
-                     "count", "A cluster cannot have a negative number of clones")
+        self.invalid(
+            "cluster-negative-count",
+            "StackValidationFailed",
+            "count",
+            "A cluster cannot have a negative number of clones",
+        )
 
     def test_live_image_is_required(self):
         self.invalid("cluster-no-image", "UserParameterMissing", "live_image")
 
     def test_name_prefix_must_be_a_host_name(self):
-        self.invalid("cluster-bad-prefix", "StackValidationFailed", "name_prefix",
-                     "Letters, digits, dots and dashes")
+        self.invalid(
+            "cluster-bad-prefix",
+            "StackValidationFailed",
+            "name_prefix",
+            "Letters, digits, dots and dashes",
+        )
 
 
 class TestCloneAutoscaling(HeatTemplateTestCase):
     def test_group_and_two_policies(self):
         result = self.valid("autoscaling")
-        self.assertEqual({"group": "OS::Heat::AutoScalingGroup",
-                          "scale_up": "OS::Heat::ScalingPolicy",
-                          "scale_down": "OS::Heat::ScalingPolicy"},
-                         {n: r["type"] for n, r in result["resources"].items()})
+        self.assertEqual(
+            {
+                "group": "OS::Heat::AutoScalingGroup",
+                "scale_up": "OS::Heat::ScalingPolicy",
+                "scale_down": "OS::Heat::ScalingPolicy",
+            },
+            {n: r["type"] for n, r in result["resources"].items()},
+        )
         group = result["resources"]["group"]["properties"]
-        self.assertEqual((1, 8, 2, 60), (group["min_size"], group["max_size"],
-                                         group["desired_capacity"], group["cooldown"]))
+        self.assertEqual(
+            (1, 8, 2, 60),
+            (group["min_size"], group["max_size"], group["desired_capacity"], group["cooldown"]),
+        )
         self.assertEqual(2, len(result["members"]))
-        self.assertEqual({"image": "web-live", "flavor": "web-clone",
-                          "networks": [{"allocate_network": "none"}]},
-                         self.member(result)["properties"])
+        self.assertEqual(
+            {
+                "image": "web-live",
+                "flavor": "web-clone",
+                "networks": [{"allocate_network": "none"}],
+            },
+            self.member(result)["properties"],
+        )
 
     def test_policies_scale_the_group_by_one_step_each_way(self):
         for case, step in (("autoscaling", 1), ("autoscaling-step", 3)):
@@ -247,21 +292,38 @@ class TestCloneAutoscaling(HeatTemplateTestCase):
 
     def test_outputs_signal_urls(self):
         outputs = self.valid("autoscaling")["outputs"]
-        for name in ("scale_up_url", "scale_down_url", "scale_up_signal_url",
-                     "scale_down_signal_url", "current_size", "server_ids", "server_names"):
+        for name in (
+            "scale_up_url",
+            "scale_down_url",
+            "scale_up_signal_url",
+            "scale_down_signal_url",
+            "current_size",
+            "server_ids",
+            "server_names",
+        ):
             self.assertIn(name, outputs)
 
     def test_min_size_above_max_size_is_caught_by_the_group(self):
-        self.invalid("autoscaling-min-above-max", "StackValidationFailed",
-                     "MinSize can not be greater than MaxSize")
+        self.invalid(
+            "autoscaling-min-above-max",
+            "StackValidationFailed",
+            "MinSize can not be greater than MaxSize",
+        )
 
     def test_desired_capacity_outside_min_max_is_caught_by_the_group(self):
-        self.invalid("autoscaling-desired-above-max", "StackValidationFailed",
-                     "DesiredCapacity must be between MinSize and MaxSize")
+        self.invalid(
+            "autoscaling-desired-above-max",
+            "StackValidationFailed",
+            "DesiredCapacity must be between MinSize and MaxSize",
+        )
 
     def test_zero_step_violates_the_constraint(self):
-        self.invalid("autoscaling-zero-step", "StackValidationFailed",
-                     "step", "A scaling step is at least one clone")
+        self.invalid(
+            "autoscaling-zero-step",
+            "StackValidationFailed",
+            "step",
+            "A scaling step is at least one clone",
+        )
 
 
 class TestCloneFork(HeatTemplateTestCase):
@@ -269,10 +331,16 @@ class TestCloneFork(HeatTemplateTestCase):
         result = self.valid("fork")
         self.assertEqual(["0", "1", "2", "3"], sorted(result["members"]))
         for index, member in result["members"].items():
-            self.assertEqual({"name": f"fork-{index}", "image": "web",
-                              "flavor": "web-clone", "metadata": {"clone_of": MASTER},
-                              "networks": [{"allocate_network": "none"}]},
-                             member["properties"])
+            self.assertEqual(
+                {
+                    "name": f"fork-{index}",
+                    "image": "web",
+                    "flavor": "web-clone",
+                    "metadata": {"clone_of": MASTER},
+                    "networks": [{"allocate_network": "none"}],
+                },
+                member["properties"],
+            )
         self.assertIn("master", result["outputs"])
 
     def test_availability_zone_only_when_given(self):
@@ -280,15 +348,22 @@ class TestCloneFork(HeatTemplateTestCase):
         self.assertEqual("nova:node-1", member["properties"]["availability_zone"])
 
     def test_master_must_be_a_uuid(self):
-        self.invalid("fork-master-by-name", "StackValidationFailed",
-                     "master", "The master must be given by its server UUID")
+        self.invalid(
+            "fork-master-by-name",
+            "StackValidationFailed",
+            "master",
+            "The master must be given by its server UUID",
+        )
 
     def test_master_is_required(self):
         self.invalid("fork-no-master", "UserParameterMissing", "master")
 
     def test_negative_count_violates_the_constraint(self):
-        self.invalid("fork-negative-count", "StackValidationFailed",
-                     "A group cannot have a negative number of forks")
+        self.invalid(
+            "fork-negative-count",
+            "StackValidationFailed",
+            "A group cannot have a negative number of forks",
+        )
 
 
 # -- the child process: heat only ---------------------------------------------
@@ -326,20 +401,24 @@ def _validate_case(case: dict[str, Any], looked_up: dict[str, list[str]]) -> dic
     result: dict[str, Any] = {"error": None, "members": {}}
     try:
         tmpl = template.Template(
-            parsed, env=environment.Environment({"parameters": case["params"]}))
+            parsed, env=environment.Environment({"parameters": case["params"]})
+        )
         tmpl.validate()
         result["version"] = list(tmpl.version)
         result["description"] = parsed.get("description", "")
         result["parameters"] = {
             name: {"description": schema.description, "default": schema.default}
-            for name, schema in tmpl.param_schemata().items()}
-        result["outputs"] = {name: out.get("description", "")
-                             for name, out in parsed.get("outputs", {}).items()}
+            for name, schema in tmpl.param_schemata().items()
+        }
+        result["outputs"] = {
+            name: out.get("description", "") for name, out in parsed.get("outputs", {}).items()
+        }
         stk = stack.Stack(utils.dummy_context(), "clones", tmpl)
         stk.validate()
         result["resources"] = {
             name: {"type": res.type(), "properties": dict(res.properties)}
-            for name, res in stk.resources.items()}
+            for name, res in stk.resources.items()
+        }
         for res in stk.resources.values():
             if res.type() in ("OS::Heat::ResourceGroup", "OS::Heat::AutoScalingGroup"):
                 # stack.validate() checks a group's member without value
@@ -350,7 +429,8 @@ def _validate_case(case: dict[str, Any], looked_up: dict[str, list[str]]) -> dic
                 stack.Stack(utils.dummy_context(), f"clones-{res.name}", child).validate()
                 result["members"] = {
                     name: {"type": d["type"], "properties": d.get("properties", {})}
-                    for name, d in child.t.get("resources", {}).items()}
+                    for name, d in child.t.get("resources", {}).items()
+                }
     except Exception as exc:
         result["error"] = {"type": type(exc).__name__, "message": str(exc)}
     result["looked_up"] = {k: sorted(set(v)) for k, v in looked_up.items()}
@@ -372,31 +452,46 @@ def _fake_cloud() -> tuple[list[Any], dict[str, list[str]]]:
         def get(_plugin: Any, name: str) -> Any:
             looked_up[kind].append(name)
             return mock.Mock(**attrs)
+
         return get
 
     def check(kind: str) -> Callable[..., bool]:
         def validate(_constraint: Any, value: str, *args: Any, **kwargs: Any) -> bool:
             looked_up[kind].append(value)
             return True
+
         return validate
 
     # Custom constraints on the server's properties, stubbed as heat's
     # HeatTestCase.stub_*Constraint_validate do.
-    constraints = ((glance.ImageConstraint, "images"), (nova.FlavorConstraint, "flavors"),
-                   (neutron_constraints.NetworkConstraint, "networks"))
-    patches = [mock.patch.object(cls, "validate", autospec=True, side_effect=check(kind))
-               for cls, kind in constraints]
+    constraints = (
+        (glance.ImageConstraint, "images"),
+        (nova.FlavorConstraint, "flavors"),
+        (neutron_constraints.NetworkConstraint, "networks"),
+    )
+    patches = [
+        mock.patch.object(cls, "validate", autospec=True, side_effect=check(kind))
+        for cls, kind in constraints
+    ]
     patches += [
-        mock.patch.object(glance.GlanceClientPlugin, "get_image", autospec=True,
-                          side_effect=lookup("images", status="active", min_ram=0,
-                                             min_disk=0)),
-        mock.patch.object(nova.NovaClientPlugin, "get_flavor", autospec=True,
-                          side_effect=lookup("flavors", ram=1024, disk=1)),
-        mock.patch.object(nova.NovaClientPlugin, "get_max_microversion",
-                          return_value="2.96"),
-        mock.patch.object(nova.NovaClientPlugin, "absolute_limits",
-                          return_value={"maxServerMeta": 128, "maxPersonality": 5,
-                                        "maxPersonalitySize": 10240}),
+        mock.patch.object(
+            glance.GlanceClientPlugin,
+            "get_image",
+            autospec=True,
+            side_effect=lookup("images", status="active", min_ram=0, min_disk=0),
+        ),
+        mock.patch.object(
+            nova.NovaClientPlugin,
+            "get_flavor",
+            autospec=True,
+            side_effect=lookup("flavors", ram=1024, disk=1),
+        ),
+        mock.patch.object(nova.NovaClientPlugin, "get_max_microversion", return_value="2.96"),
+        mock.patch.object(
+            nova.NovaClientPlugin,
+            "absolute_limits",
+            return_value={"maxServerMeta": 128, "maxPersonality": 5, "maxPersonalitySize": 10240},
+        ),
     ]
     return patches, looked_up
 
@@ -405,8 +500,10 @@ def _child_main() -> None:
     """Validate the cases read from stdin; print the results as JSON. Heat
     logs to stderr; stdout carries only the JSON."""
     from oslo_service import backend
+
     backend.init_backend(backend.BackendType.THREADING)  # as heat.tests.common does
     from heat.common import messaging
+
     messaging.setup("fake://", optional=True)  # resources build RPC clients
 
     cases = json.load(sys.stdin)

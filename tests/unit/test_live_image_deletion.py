@@ -41,38 +41,50 @@ class FakeGlance:
 
 
 def generation(generation_id, bound_to, origin="", created_at="2026-11-27T00:00:00+00:00"):
-    return mock.Mock(spec=api.Generation, id=generation_id, bound_to=bound_to,
-                     origin=origin, created_at=created_at)
+    return mock.Mock(
+        spec=api.Generation,
+        id=generation_id,
+        bound_to=bound_to,
+        origin=origin,
+        created_at=created_at,
+    )
 
 
 class TestFreeGenerationsOfDeletedImages(testtools.TestCase):
     def setUp(self):
         super().setUp()
         state_dir = self.useFixture(fixtures.TempDir()).path
-        self.useFixture(config_fixture.Config(CONF)).config(group="clone",
-                                                            state_dir=state_dir)
-        self.log = self.useFixture(fixtures.FakeLogger(
-            name="nova_clonedriver.virt.driver"))
+        self.useFixture(config_fixture.Config(CONF)).config(group="clone", state_dir=state_dir)
+        self.log = self.useFixture(fixtures.FakeLogger(name="nova_clonedriver.virt.driver"))
         self.driver = driver_mod.CloneDriver(mock.Mock())
         self.engine = self.driver._engine = mock.Mock(spec=api.CloneEngine)
         # Blessed here for two live images; one presented from another host
         # (its origin asks Glance) and a fork (freed by age) are not asked about.
         self.engine.generations.return_value = [
-            generation("gen-gone", {"image": GONE}), generation("gen-live", {"image": LIVE}),
+            generation("gen-gone", {"image": GONE}),
+            generation("gen-live", {"image": LIVE}),
             generation("gen-remote", {"image": GONE}, origin="node-a:8797"),
-            generation("gen-fork", {"fork_of": "server"}, created_at=datetime.datetime.now(
-                datetime.timezone.utc).isoformat())]
+            generation(
+                "gen-fork",
+                {"fork_of": "server"},
+                created_at=datetime.datetime.now(datetime.timezone.utc).isoformat(),
+            ),
+        ]
         self.glance = self.driver._image_api = FakeGlance()
         self.service_context = nova_context.RequestContext(
-            user_id="nova", project_id="service",
-            is_admin=False)
+            user_id="nova", project_id="service", is_admin=False
+        )
 
     def _run_pass(self, service_context=None, side_effect=None):
-        with mock.patch.object(nova_context, "get_nova_service_user_context",
-                               return_value=service_context or self.service_context,
-                               side_effect=side_effect), \
-                mock.patch.object(driver_mod.libvirt_driver.LibvirtDriver,
-                                  "manage_image_cache"):
+        with (
+            mock.patch.object(
+                nova_context,
+                "get_nova_service_user_context",
+                return_value=service_context or self.service_context,
+                side_effect=side_effect,
+            ),
+            mock.patch.object(driver_mod.libvirt_driver.LibvirtDriver, "manage_image_cache"),
+        ):
             self.driver.manage_image_cache(nova_context.get_admin_context(), [])
 
     def test_glance_is_asked_as_the_service_user_and_a_gone_image_frees(self):
@@ -94,13 +106,15 @@ class TestFreeGenerationsOfDeletedImages(testtools.TestCase):
 
     def test_without_service_user_credentials_everything_is_kept(self):
         # nova's own function, on a configuration without [service_user].
-        with mock.patch.object(driver_mod.libvirt_driver.LibvirtDriver,
-                               "manage_image_cache"):
+        with mock.patch.object(driver_mod.libvirt_driver.LibvirtDriver, "manage_image_cache"):
             self.driver.manage_image_cache(nova_context.get_admin_context(), [])
         self.assertEqual([], self.glance.asked_with)
         self.engine.discard.assert_not_called()
-        self.assertIn("Cannot ask Glance whether the live images of generations "
-                      "gen-gone, gen-live still exist", self.log.output)
+        self.assertIn(
+            "Cannot ask Glance whether the live images of generations "
+            "gen-gone, gen-live still exist",
+            self.log.output,
+        )
         self.assertIn("[service_user]", self.log.output)
 
     def test_keystone_unreachable_keeps_everything(self):
@@ -112,8 +126,11 @@ class TestFreeGenerationsOfDeletedImages(testtools.TestCase):
         self.glance.error = ks_exceptions.EmptyCatalog("no catalog")
         self._run_pass()
         self.engine.discard.assert_not_called()
-        self.assertIn("Cannot ask Glance whether live image image-gone still exists, "
-                      "keeping its generation: EmptyCatalog", self.log.output)
+        self.assertIn(
+            "Cannot ask Glance whether live image image-gone still exists, "
+            "keeping its generation: EmptyCatalog",
+            self.log.output,
+        )
 
     def test_no_live_images_asks_nobody(self):
         self.engine.generations.return_value = []

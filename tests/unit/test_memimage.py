@@ -26,8 +26,8 @@ class TestMemoryImage(testtools.TestCase):
         with open(self.path, "rb") as f:
             data = f.read()
         self.assertEqual(4 * MIB, len(data))
-        self.assertEqual(b"b" * PAGE + b"c" * PAGE, data[:2 * PAGE])
-        self.assertEqual(0, data[2 * PAGE:].count(b"\1"))
+        self.assertEqual(b"b" * PAGE + b"c" * PAGE, data[: 2 * PAGE])
+        self.assertEqual(0, data[2 * PAGE :].count(b"\1"))
 
     def test_zero_after_data_clears_the_page(self):
         image = self._image()

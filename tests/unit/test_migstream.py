@@ -88,10 +88,15 @@ class TestStreamSplitter(testtools.TestCase):
     BLOCKS = [(b"pc.ram", 16 * PAGE), (b"pc.bios", 2 * PAGE)]
 
     def test_main_block_pages_go_to_the_sink(self):
-        stream = (StreamBuilder(self.BLOCKS).start()
-                  .part([(b"pc.ram", 0, page(1)), (b"pc.ram", PAGE, page(2)),
-                         (b"pc.ram", 2 * PAGE, None)])
-                  .devices().bytes())
+        stream = (
+            StreamBuilder(self.BLOCKS)
+            .start()
+            .part(
+                [(b"pc.ram", 0, page(1)), (b"pc.ram", PAGE, page(2)), (b"pc.ram", 2 * PAGE, None)]
+            )
+            .devices()
+            .bytes()
+        )
         splitter, sink, _ = split(stream)
         self.assertEqual(b"pc.ram", splitter.main_block)
         self.assertEqual({0: page(1), PAGE: page(2)}, sink.pages)
@@ -100,34 +105,49 @@ class TestStreamSplitter(testtools.TestCase):
         self.assertEqual("pc-i440fx-7.2", splitter.machine_type)
 
     def test_device_stream_has_no_main_pages_and_renamed_block(self):
-        stream = (StreamBuilder(self.BLOCKS).start()
-                  .part([(b"pc.ram", 0, page(1)), (b"pc.bios", 0, page(9))])
-                  .devices(b"DEVSTATE").bytes())
+        stream = (
+            StreamBuilder(self.BLOCKS)
+            .start()
+            .part([(b"pc.ram", 0, page(1)), (b"pc.bios", 0, page(9))])
+            .devices(b"DEVSTATE")
+            .bytes()
+        )
         _, _, device = split(stream)
-        expected = (StreamBuilder([(b"clone-ram", 16 * PAGE), (b"pc.bios", 2 * PAGE)])
-                    .start().part([(b"pc.bios", 0, page(9))])
-                    .devices(b"DEVSTATE").bytes())
+        expected = (
+            StreamBuilder([(b"clone-ram", 16 * PAGE), (b"pc.bios", 2 * PAGE)])
+            .start()
+            .part([(b"pc.bios", 0, page(9))])
+            .devices(b"DEVSTATE")
+            .bytes()
+        )
         self.assertEqual(expected, device)
         self.assertNotIn(page(1), device)
 
     def test_continue_flag_is_fixed_when_the_main_block_stood_between(self):
         # bios page, ram page, bios page (continue in the original: no, the
         # block changed) then a second bios page with CONTINUE.
-        stream = (StreamBuilder(self.BLOCKS).start()
-                  .part([(b"pc.ram", 0, page(1))])
-                  .part([(b"pc.bios", 0, page(7)), (b"pc.bios", PAGE, page(8))])
-                  .part([(b"pc.ram", PAGE, page(2)), (b"pc.bios", 0, page(6))],
-                        kind=0x03)
-                  .devices().bytes())
+        stream = (
+            StreamBuilder(self.BLOCKS)
+            .start()
+            .part([(b"pc.ram", 0, page(1))])
+            .part([(b"pc.bios", 0, page(7)), (b"pc.bios", PAGE, page(8))])
+            .part([(b"pc.ram", PAGE, page(2)), (b"pc.bios", 0, page(6))], kind=0x03)
+            .devices()
+            .bytes()
+        )
         _, sink, device = split(stream)
         self.assertEqual({0: page(1), PAGE: page(2)}, sink.pages)
         # In the device stream, the last bios record directly follows the
         # previous bios record, so it may (and does) use CONTINUE.
-        expected = (StreamBuilder([(b"clone-ram", 16 * PAGE), (b"pc.bios", 2 * PAGE)])
-                    .start().part([])
-                    .part([(b"pc.bios", 0, page(7)), (b"pc.bios", PAGE, page(8))])
-                    .part([(b"pc.bios", 0, page(6))], kind=0x03)
-                    .devices().bytes())
+        expected = (
+            StreamBuilder([(b"clone-ram", 16 * PAGE), (b"pc.bios", 2 * PAGE)])
+            .start()
+            .part([])
+            .part([(b"pc.bios", 0, page(7)), (b"pc.bios", PAGE, page(8))])
+            .part([(b"pc.bios", 0, page(6))], kind=0x03)
+            .devices()
+            .bytes()
+        )
         self.assertEqual(expected, device)
 
     def test_continue_after_dropped_record_gets_the_block_name(self):
@@ -149,8 +169,7 @@ class TestStreamSplitter(testtools.TestCase):
         self.assertRaises(ms.StreamError, split, b"XXXX" + be32(3))
 
     def test_truncated(self):
-        stream = (StreamBuilder(self.BLOCKS).start()
-                  .part([(b"pc.ram", 0, page(1))]).bytes())
+        stream = StreamBuilder(self.BLOCKS).start().part([(b"pc.ram", 0, page(1))]).bytes()
         self.assertRaises(ms.StreamError, split, stream[:-100])
 
     def test_compressed_pages_are_refused(self):
@@ -160,19 +179,33 @@ class TestStreamSplitter(testtools.TestCase):
         self.assertIn("unsupported RAM record flags", str(error))
 
     def test_page_beyond_block_is_refused(self):
-        stream = (StreamBuilder(self.BLOCKS).start()
-                  .part([(b"pc.ram", 16 * PAGE, page(1))]).devices().bytes())
+        stream = (
+            StreamBuilder(self.BLOCKS)
+            .start()
+            .part([(b"pc.ram", 16 * PAGE, page(1))])
+            .devices()
+            .bytes()
+        )
         self.assertRaises(ms.StreamError, split, stream)
 
     def test_other_iterable_sections_are_refused(self):
-        stream = (b"QEVM" + be32(3) + b"\x01" + be32(5) + idstr(b"block")
-                  + be32(0) + be32(1))
+        stream = b"QEVM" + be32(3) + b"\x01" + be32(5) + idstr(b"block") + be32(0) + be32(1)
         error = self.assertRaises(ms.StreamError, split, stream)
         self.assertIn("block", str(error))
 
     def test_block_list_with_extra_fields_is_refused(self):
         # x-ignore-shared adds each block's address after its size.
-        stream = (b"QEVM" + be32(3) + b"\x01" + be32(2) + idstr(b"ram") + be32(0)
-                  + be32(4) + be64(PAGE | ms.RAM_SAVE_FLAG_MEM_SIZE)
-                  + idstr(b"pc.ram") + be64(PAGE) + be64(0xC0000))
+        stream = (
+            b"QEVM"
+            + be32(3)
+            + b"\x01"
+            + be32(2)
+            + idstr(b"ram")
+            + be32(0)
+            + be32(4)
+            + be64(PAGE | ms.RAM_SAVE_FLAG_MEM_SIZE)
+            + idstr(b"pc.ram")
+            + be64(PAGE)
+            + be64(0xC0000)
+        )
         self.assertRaises(ms.StreamError, split, stream)

@@ -18,14 +18,18 @@ class TestCachedFile(testtools.TestCase):
         super().setUp()
         self.path = os.path.join(self.useFixture(fixtures.TempDir()).path, "file-0")
         self.data = [os.urandom(CHUNK), bytes(CHUNK), os.urandom(CHUNK), os.urandom(100)]
-        self.checksums = [hashlib.sha256(self.data[0]).hexdigest(), None,
-                          hashlib.sha256(self.data[2]).hexdigest(),
-                          hashlib.sha256(self.data[3]).hexdigest()]
+        self.checksums = [
+            hashlib.sha256(self.data[0]).hexdigest(),
+            None,
+            hashlib.sha256(self.data[2]).hexdigest(),
+            hashlib.sha256(self.data[3]).hexdigest(),
+        ]
         self.size = 3 * CHUNK + 100
 
     def cached(self, checksums="memory"):
-        return cache.CachedFile(self.path, self.size, CHUNK,
-                                self.checksums if checksums == "memory" else None)
+        return cache.CachedFile(
+            self.path, self.size, CHUNK, self.checksums if checksums == "memory" else None
+        )
 
     def test_zero_chunks_need_no_fetch_and_others_do(self):
         cached = self.cached()

@@ -33,19 +33,23 @@ class TestControlSocket(testtools.TestCase):
         started = native.thread_class()(target=loop.run_forever, daemon=True)
         started.start()
         server = asyncio.run_coroutine_threadsafe(
-            control.serve(self.path, self.handler, group), loop).result(10)
+            control.serve(self.path, self.handler, group), loop
+        ).result(10)
 
         def stop():
             loop.call_soon_threadsafe(server.close)
             loop.call_soon_threadsafe(loop.stop)
+
         self.addCleanup(stop)
 
     def test_requests_replies_and_errors(self):
         self.serving()
         client = control.PageServiceClient(self.path, timeout_s=10)
         self.assertEqual({"answer": 42}, client.attach("g", "h:1", "k", "full"))
-        self.assertEqual({"op": "attach", "generation": "g", "origin": "h:1", "key": "k",
-                          "prefetch": "full"}, self.requests[0])
+        self.assertEqual(
+            {"op": "attach", "generation": "g", "origin": "h:1", "key": "k", "prefetch": "full"},
+            self.requests[0],
+        )
         error = self.assertRaises(control.PageServiceError, client.release, "x")
         self.assertNotIsInstance(error, control.PageServiceUnavailable)
         self.assertIn("not presented here", str(error))
@@ -59,6 +63,7 @@ class TestControlSocket(testtools.TestCase):
         self.assertEqual(0o660, stat.S_IMODE(os.stat(self.path).st_mode))
 
     def test_no_service(self):
-        error = self.assertRaises(control.PageServiceUnavailable,
-                                  control.PageServiceClient(self.path).stats)
+        error = self.assertRaises(
+            control.PageServiceUnavailable, control.PageServiceClient(self.path).stats
+        )
         self.assertIn("does not answer", str(error))

@@ -16,6 +16,7 @@ def read(data: bytes, max_payload_bytes: int = protocol.MAX_REQUEST_BYTES):
         reader.feed_data(data)
         reader.feed_eof()
         return await protocol.read_message(reader, max_payload_bytes)
+
     return asyncio.run(go())
 
 
@@ -26,16 +27,17 @@ class TestMessages(testtools.TestCase):
 
     def test_bad_magic_unknown_kind_and_oversize_are_refused_before_the_payload(self):
         for data, message in [
-                (b"XX" + bytes(10), "bad magic"),
-                (protocol.HEADER.pack(protocol.MAGIC, 42, 0, 1, 0), "unknown message kind"),
-                (protocol.HEADER.pack(protocol.MAGIC, Kind.OPEN, 0, 1, 1 << 20),
-                 "exceeds the limit")]:
+            (b"XX" + bytes(10), "bad magic"),
+            (protocol.HEADER.pack(protocol.MAGIC, 42, 0, 1, 0), "unknown message kind"),
+            (protocol.HEADER.pack(protocol.MAGIC, Kind.OPEN, 0, 1, 1 << 20), "exceeds the limit"),
+        ]:
             error = self.assertRaises(protocol.ProtocolError, read, data)
             self.assertIn(message, str(error))
 
     def test_a_truncated_message_is_an_incomplete_read(self):
-        self.assertRaises(asyncio.IncompleteReadError, read,
-                          protocol.encode(Kind.OPEN, 1, b"{}")[:-1])
+        self.assertRaises(
+            asyncio.IncompleteReadError, read, protocol.encode(Kind.OPEN, 1, b"{}")[:-1]
+        )
 
     def test_json_payload_must_be_an_object(self):
         self.assertEqual({"a": 1}, protocol.decode_json(b'{"a": 1}'))
@@ -51,20 +53,24 @@ class TestFetch(testtools.TestCase):
     def test_malformed_fetches_are_refused(self):
         good = protocol.encode_fetch("a" * 32, 0, [1, 2])
         for payload, message in [
-                (b"short", "too short"),
-                (protocol.FETCH_HEAD.pack(b"a" * 32, 0, 0), "FETCH of 0 chunks"),
-                (protocol.FETCH_HEAD.pack(b"a" * 32, 0, protocol.MAX_CHUNKS_PER_FETCH + 1),
-                 "FETCH of 257 chunks"),
-                (good[:-1], "does not match its chunk count"),
-                (good + b"\0", "does not match its chunk count"),
-                (protocol.encode_fetch("a" * 32, 0, [1]).replace(b"a" * 32, b"\xff" * 32),
-                 "not ASCII")]:
+            (b"short", "too short"),
+            (protocol.FETCH_HEAD.pack(b"a" * 32, 0, 0), "FETCH of 0 chunks"),
+            (
+                protocol.FETCH_HEAD.pack(b"a" * 32, 0, protocol.MAX_CHUNKS_PER_FETCH + 1),
+                "FETCH of 257 chunks",
+            ),
+            (good[:-1], "does not match its chunk count"),
+            (good + b"\0", "does not match its chunk count"),
+            (
+                protocol.encode_fetch("a" * 32, 0, [1]).replace(b"a" * 32, b"\xff" * 32),
+                "not ASCII",
+            ),
+        ]:
             error = self.assertRaises(protocol.ProtocolError, protocol.decode_fetch, payload)
             self.assertIn(message, str(error))
 
     def test_data_carries_bytes_or_says_zero(self):
-        _, flags, _, payload = read(protocol.encode_data(5, 9, b"abc"),
-                                    protocol.MAX_REPLY_BYTES)
+        _, flags, _, payload = read(protocol.encode_data(5, 9, b"abc"), protocol.MAX_REPLY_BYTES)
         self.assertEqual((9, b"abc"), protocol.decode_data(flags, payload))
         _, flags, _, payload = read(protocol.encode_data(5, 9, None), protocol.MAX_REPLY_BYTES)
         self.assertEqual((9, None), protocol.decode_data(flags, payload))

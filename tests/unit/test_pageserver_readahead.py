@@ -32,8 +32,9 @@ class FakeOrigin:
         self.requests: list[list[int]] = []
         self.failing: set[int] = set()
 
-    async def fetch(self, generation_id: str, file_number: int,
-                    chunks: list[int]) -> dict[int, bytes]:
+    async def fetch(
+        self, generation_id: str, file_number: int, chunks: list[int]
+    ) -> dict[int, bytes]:
         self.requests.append(list(chunks))
         await asyncio.sleep(0.001)  # a round trip
         if self.failing & set(chunks):
@@ -48,23 +49,31 @@ class TestReadAhead(testtools.TestCase):
         self.origin = FakeOrigin()
 
     def presented(self, readahead_max_chunks: int = 8) -> presented_mod.Presented:
-        self.cached = cache.CachedFile(os.path.join(self.directory, "file-2"),
-                                       CHUNKS * CHUNK, CHUNK, None)
+        self.cached = cache.CachedFile(
+            os.path.join(self.directory, "file-2"), CHUNKS * CHUNK, CHUNK, None
+        )
         self.addCleanup(self.cached.close)
-        return presented_mod.Presented(types.SimpleNamespace(id="gen"), self.origin,
-                                       {DISK: self.cached}, {"vda.qcow2": DISK},
-                                       stats.GenerationStats(),
-                                       readahead_max_chunks=readahead_max_chunks)
+        return presented_mod.Presented(
+            types.SimpleNamespace(id="gen"),
+            self.origin,
+            {DISK: self.cached},
+            {"vda.qcow2": DISK},
+            stats.GenerationStats(),
+            readahead_max_chunks=readahead_max_chunks,
+        )
 
     def read(self, presented: presented_mod.Presented, chunks: list[int]) -> dict[str, int]:
         """Read each chunk in turn as a clone would (through the FUSE file
         system's call, waiting for each), then let read-ahead settle; the
         counters."""
+
         async def reads():
             for chunk in chunks:
-                self.assertEqual(bytes([chunk]) * CHUNK,
-                                 await presented.read("vda.qcow2", chunk * CHUNK, CHUNK))
+                self.assertEqual(
+                    bytes([chunk]) * CHUNK, await presented.read("vda.qcow2", chunk * CHUNK, CHUNK)
+                )
             await presented.readahead.settle()
+
         asyncio.run(reads())
         return presented.stats.counters
 
@@ -73,8 +82,10 @@ class TestReadAhead(testtools.TestCase):
 
     def test_a_sequential_reader_waits_only_until_its_run_is_long_enough(self):
         counters = self.read(self.presented(), list(range(40)))
-        self.assertEqual(readahead.READ_AHEAD_AFTER_CHUNKS,
-                         counters["chunks_fetched"] - counters["chunks_read_ahead"])
+        self.assertEqual(
+            readahead.READ_AHEAD_AFTER_CHUNKS,
+            counters["chunks_fetched"] - counters["chunks_read_ahead"],
+        )
         # Each chunk once, and ahead of the last read, but no further than
         # the window.
         furthest = max(self.fetched())
@@ -97,8 +108,10 @@ class TestReadAhead(testtools.TestCase):
     def test_interleaved_readers_are_followed_apart(self):
         order = [c for pair in zip(range(0, 12), range(30, 42), strict=True) for c in pair]
         counters = self.read(self.presented(), order)
-        self.assertEqual(2 * readahead.READ_AHEAD_AFTER_CHUNKS,
-                         counters["chunks_fetched"] - counters["chunks_read_ahead"])
+        self.assertEqual(
+            2 * readahead.READ_AHEAD_AFTER_CHUNKS,
+            counters["chunks_fetched"] - counters["chunks_read_ahead"],
+        )
 
     def test_read_ahead_stops_at_the_end_of_the_file(self):
         self.read(self.presented(), list(range(CHUNKS - 8, CHUNKS)))

@@ -22,16 +22,17 @@ CHUNK = 1 << 20
 
 
 def context() -> transport.Context:
-    return transport.Context(node="node-b", ssl_context=ssl.create_default_context(),
-                             timeout_s=1, max_inflight=1)
+    return transport.Context(
+        node="node-b", ssl_context=ssl.create_default_context(), timeout_s=1, max_inflight=1
+    )
 
 
 class TestLoad(testtools.TestCase):
     def test_schemes(self):
-        self.assertIsInstance(transport.load("10.0.0.1:8797", context()),
-                              peer.PeerTransport)
-        self.assertIsInstance(transport.load("peer://10.0.0.1:8797", context()),
-                              peer.PeerTransport)
+        self.assertIsInstance(transport.load("10.0.0.1:8797", context()), peer.PeerTransport)
+        self.assertIsInstance(
+            transport.load("peer://10.0.0.1:8797", context()), peer.PeerTransport
+        )
         shared = transport.load("local:///srv/store", context())
         self.assertIsInstance(shared, localfs.LocalTransport)
         self.assertEqual("local:///srv/store", shared.address)
@@ -56,12 +57,27 @@ class TestLocalTransport(testtools.TestCase):
             f.write(self.memory)
         with open(os.path.join(partial, store_mod.DEVICE_STREAM_FILE), "wb") as f:
             f.write(b"device")
-        store.publish(store_mod.Generation(
-            id=GENERATION_ID, source_domain="m", source_uuid="u",
-            created_at="2026-11-27T00:00:00+00:00", memory_bytes=2 * CHUNK, vcpus=1,
-            machine_type="pc", main_block="pc.ram", chunk_size_bytes=CHUNK,
-            chunks=["x", None], device_stream_sha256="y", disks=[], domain_xml="<domain/>",
-            pause_ms=1.0, has_genid=True, access_key=KEY), partial)
+        store.publish(
+            store_mod.Generation(
+                id=GENERATION_ID,
+                source_domain="m",
+                source_uuid="u",
+                created_at="2026-11-27T00:00:00+00:00",
+                memory_bytes=2 * CHUNK,
+                vcpus=1,
+                machine_type="pc",
+                main_block="pc.ram",
+                chunk_size_bytes=CHUNK,
+                chunks=["x", None],
+                device_stream_sha256="y",
+                disks=[],
+                domain_xml="<domain/>",
+                pause_ms=1.0,
+                has_genid=True,
+                access_key=KEY,
+            ),
+            partial,
+        )
         self.store = store
         self.shared = transport.load(f"local://{self.root}", context())
 
@@ -73,8 +89,10 @@ class TestLocalTransport(testtools.TestCase):
         self.assertEqual([2 * CHUNK, 6], reply.file_sizes)
         self.assertEqual(GENERATION_ID, reply.generation.id)
         generation = self.store.load(GENERATION_ID)
-        self.assertEqual([("node-b", ["c1"])],
-                         [(p.node, p.clones) for p in self.store.peer_references(generation)])
+        self.assertEqual(
+            [("node-b", ["c1"])],
+            [(p.node, p.clones) for p in self.store.peer_references(generation)],
+        )
         data = self.run_async(self.shared.fetch(GENERATION_ID, 0, [0, 1]))
         self.assertEqual({0: self.memory[:CHUNK], 1: None}, data)
         self.assertEqual([], self.run_async(self.shared.working_set(GENERATION_ID)))
@@ -86,25 +104,30 @@ class TestLocalTransport(testtools.TestCase):
         self.assertEqual([], self.store.peer_references(generation))
 
     def test_nothing_is_served_before_open_nor_of_unknown_generations(self):
-        error = self.assertRaises(transport.Refused, self.run_async,
-                                  self.shared.fetch(GENERATION_ID, 0, [0]))
+        error = self.assertRaises(
+            transport.Refused, self.run_async, self.shared.fetch(GENERATION_ID, 0, [0])
+        )
         self.assertIn("node-b has not opened generation", str(error))
-        error = self.assertRaises(transport.Refused, self.run_async,
-                                  self.shared.open("cd" * 16, [], KEY))
+        error = self.assertRaises(
+            transport.Refused, self.run_async, self.shared.open("cd" * 16, [], KEY)
+        )
         self.assertIn("no snapshot generation", str(error))
 
     def test_open_needs_the_access_key(self):
         generation = self.store.load(GENERATION_ID)
         for wrong in ("", "k" * 63, KEY.upper()):
-            error = self.assertRaises(transport.Refused, self.run_async,
-                                      self.shared.open(GENERATION_ID, ["c1"], wrong))
+            error = self.assertRaises(
+                transport.Refused, self.run_async, self.shared.open(GENERATION_ID, ["c1"], wrong)
+            )
             self.assertIn("node-b did not present the access key", str(error))
-        error = self.assertRaises(protocol.ProtocolError, self.run_async,
-                                  self.shared.open(GENERATION_ID, ["c1"], None))
+        error = self.assertRaises(
+            protocol.ProtocolError, self.run_async, self.shared.open(GENERATION_ID, ["c1"], None)
+        )
         self.assertIn("needs the generation's access key", str(error))
         self.assertEqual([], self.store.peer_references(generation))
-        error = self.assertRaises(transport.Refused, self.run_async,
-                                  self.shared.fetch(GENERATION_ID, 0, [0]))
+        error = self.assertRaises(
+            transport.Refused, self.run_async, self.shared.fetch(GENERATION_ID, 0, [0])
+        )
         self.assertIn("has not opened", str(error))
 
 
@@ -114,10 +137,22 @@ class TestOpened(testtools.TestCase):
 
     def valid(self) -> dict:
         generation = store_mod.Generation(
-            id=GENERATION_ID, source_domain="m", source_uuid="u", created_at="now",
-            memory_bytes=CHUNK, vcpus=1, machine_type="pc", main_block="pc.ram",
-            chunk_size_bytes=CHUNK, chunks=[None], device_stream_sha256="0" * 64,
-            disks=[], domain_xml="<domain/>", pause_ms=1.0, has_genid=True)
+            id=GENERATION_ID,
+            source_domain="m",
+            source_uuid="u",
+            created_at="now",
+            memory_bytes=CHUNK,
+            vcpus=1,
+            machine_type="pc",
+            main_block="pc.ram",
+            chunk_size_bytes=CHUNK,
+            chunks=[None],
+            device_stream_sha256="0" * 64,
+            disks=[],
+            domain_xml="<domain/>",
+            pause_ms=1.0,
+            has_genid=True,
+        )
         return {"generation": generation.to_json(), "file_sizes": [CHUNK, 10]}
 
     def test_a_valid_answer(self):
@@ -127,14 +162,16 @@ class TestOpened(testtools.TestCase):
         self.assertEqual([CHUNK, 10], opened.file_sizes)
 
     def test_malformed_answers(self):
-        cases = {"not an object": [],
-                 "no generation": {"file_sizes": [1, 2]},
-                 "generation not an object": {"generation": "x", "file_sizes": [1, 2]},
-                 "missing key": self.valid() | {"generation": {"id": GENERATION_ID}},
-                 "unknown key": self.valid() | {"generation": {
-                     **self.valid()["generation"], "directory": "/etc"}},
-                 "sizes not a list": self.valid() | {"file_sizes": 3},
-                 "negative size": self.valid() | {"file_sizes": [CHUNK, -1]}}
+        cases = {
+            "not an object": [],
+            "no generation": {"file_sizes": [1, 2]},
+            "generation not an object": {"generation": "x", "file_sizes": [1, 2]},
+            "missing key": self.valid() | {"generation": {"id": GENERATION_ID}},
+            "unknown key": self.valid()
+            | {"generation": {**self.valid()["generation"], "directory": "/etc"}},
+            "sizes not a list": self.valid() | {"file_sizes": 3},
+            "negative size": self.valid() | {"file_sizes": [CHUNK, -1]},
+        }
         for case, reply in cases.items():
             error = self.assertRaises(transport.Malformed, transport.Opened.from_json, reply)
             self.assertIn("bad OPEN answer", str(error), case)

@@ -18,13 +18,13 @@ class TestSaveHeader(testtools.TestCase):
         self.assertEqual(92, savefile.HEADER_SIZE_BYTES)
         self.assertEqual(b"LibvirtQemudSave", raw[:16])
         version, data_len, running, compressed, cookie = struct.unpack("=5I", raw[16:36])
-        self.assertEqual((2, len("<domain/>") + 1, 1, 0, 0),
-                         (version, data_len, running, compressed, cookie))
+        self.assertEqual(
+            (2, len("<domain/>") + 1, 1, 0, 0), (version, data_len, running, compressed, cookie)
+        )
         self.assertEqual(b"<domain/>\0", raw[92:])
 
     def test_not_a_save_image(self):
-        self.assertRaises(savefile.SaveImageError, savefile.read_header,
-                          io.BytesIO(b"x" * 200))
+        self.assertRaises(savefile.SaveImageError, savefile.read_header, io.BytesIO(b"x" * 200))
         self.assertRaises(savefile.SaveImageError, savefile.read_header, io.BytesIO(b"x"))
 
     def test_compressed_is_refused(self):

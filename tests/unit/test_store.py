@@ -10,19 +10,36 @@ from nova_clonedriver.engine import store as store_mod
 def make_generation(store, generation_id="ab12" * 8):
     workdir = store.new_generation_dir(generation_id)
     generation = store_mod.Generation(
-        id=generation_id, source_domain="web", source_uuid="u", created_at="now",
-        memory_bytes=1 << 20, vcpus=1, machine_type="pc", main_block="pc.ram",
-        chunk_size_bytes=1 << 20, chunks=[None], device_stream_sha256="0",
-        disks=[], domain_xml="<domain/>", pause_ms=1.0,
-        has_genid=True)
+        id=generation_id,
+        source_domain="web",
+        source_uuid="u",
+        created_at="now",
+        memory_bytes=1 << 20,
+        vcpus=1,
+        machine_type="pc",
+        main_block="pc.ram",
+        chunk_size_bytes=1 << 20,
+        chunks=[None],
+        device_stream_sha256="0",
+        disks=[],
+        domain_xml="<domain/>",
+        pause_ms=1.0,
+        has_genid=True,
+    )
     store.publish(generation, workdir)
     return generation
 
 
 def make_ref(generation, clone_uuid):
     return store_mod.CloneReference(
-        uuid=clone_uuid, name=f"c-{clone_uuid}", generation=generation.id,
-        directory="/nonexistent", created_at="now", overlays={}, mac_addresses=[])
+        uuid=clone_uuid,
+        name=f"c-{clone_uuid}",
+        generation=generation.id,
+        directory="/nonexistent",
+        created_at="now",
+        overlays={},
+        mac_addresses=[],
+    )
 
 
 class TestSnapshotStore(testtools.TestCase):
@@ -46,9 +63,18 @@ class TestSnapshotStore(testtools.TestCase):
     def test_a_reference_dropped_while_listing_is_skipped(self):
         generation = make_generation(self.store, "ab12" * 8)
         for clone in ("c1", "c2"):
-            self.store.add_reference(generation, store_mod.CloneReference(
-                uuid=clone, name=clone, generation=generation.id, directory="/x",
-                created_at="2026-11-27T00:00:00+00:00", overlays={}, mac_addresses=[]))
+            self.store.add_reference(
+                generation,
+                store_mod.CloneReference(
+                    uuid=clone,
+                    name=clone,
+                    generation=generation.id,
+                    directory="/x",
+                    created_at="2026-11-27T00:00:00+00:00",
+                    overlays={},
+                    mac_addresses=[],
+                ),
+            )
         real_open = open
 
         def open_after_a_parallel_delete(path, *args, **kwargs):
@@ -116,6 +142,5 @@ class TestAccessKey(testtools.TestCase):
             self.assertFalse(generation.admits(wrong), wrong)
         # Blessed before keys existed: nobody, not even with an empty key.
         self.assertFalse(make_generation(self.store, "cd34" * 8).admits(""))
-        record = os.path.join(self.store.generations_dir, generation.id,
-                              store_mod.GENERATION_FILE)
+        record = os.path.join(self.store.generations_dir, generation.id, store_mod.GENERATION_FILE)
         self.assertEqual(0o600, os.stat(record).st_mode & 0o777)

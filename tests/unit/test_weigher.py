@@ -25,25 +25,28 @@ class TestLiveCloneWeigher(testtools.TestCase):
         self.spec = objects.RequestSpec(image=objects.ImageMeta(id=IMAGE_ID))
 
     def _weights(self, hosts):
-        return self.weigher.weigh_objects([weights.WeighedHost(h, 0.0) for h in hosts],
-                                          self.spec)
+        return self.weigher.weigh_objects([weights.WeighedHost(h, 0.0) for h in hosts], self.spec)
 
     def test_nova_loads_it_from_weight_classes(self):
         path = "nova_clonedriver.scheduler.weights.LiveCloneWeigher"
-        self.assertEqual([clone_weights.LiveCloneWeigher],
-                         weights.HostWeightHandler().get_matching_classes([path]))
+        self.assertEqual(
+            [clone_weights.LiveCloneWeigher],
+            weights.HostWeightHandler().get_matching_classes([path]),
+        )
 
     def test_origin_host_wins(self):
-        self.weigher._image_api.get.return_value = {
-            "properties": {"clone_origin_host": "node-b"}}
+        self.weigher._image_api.get.return_value = {"properties": {"clone_origin_host": "node-b"}}
         raw = self._weights(_hosts("node-a", "node-b", "node-c"))
         self.assertEqual([0.0, 1.0, 0.0], raw)
         self.weigher._image_api.get.assert_called_once_with(mock.ANY, IMAGE_ID)
         self.assertEqual(10.0, self.weigher.weight_multiplier(None))
 
     def test_other_images_and_missing_images_weigh_nothing(self):
-        for answer in ({"properties": {}}, exception.ImageNotFound(image_id=IMAGE_ID),
-                       RuntimeError("glance is down")):
+        for answer in (
+            {"properties": {}},
+            exception.ImageNotFound(image_id=IMAGE_ID),
+            RuntimeError("glance is down"),
+        ):
             if isinstance(answer, Exception):
                 self.weigher._image_api.get = mock.Mock(side_effect=answer)
             else:
