@@ -1,6 +1,7 @@
 #!/bin/bash
-# The whole test suite: style, unit tests and functional tests on real
-# libvirt/QEMU guests. Ends with "N passed, N failed".
+# The whole test suite: static checks (ruff, mypy, shellcheck, the docs and
+# release notes), unit tests and functional tests on real libvirt/QEMU
+# guests. Ends with "N passed, N failed".
 set -uo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo" || exit 1
@@ -9,17 +10,32 @@ bash tools/build-guest.sh || exit 1
 bash tools/setup-venv.sh || exit 1
 export NOVA_CLONE_GUEST_DIR=$repo/build/guest
 
-.venv/bin/ruff check nova_clonedriver nova tests benchmarks
-style=$?
-# The shell scripts, as tox -e pep8 checks them; setup-host.sh installs the
-# checker, and without it they are left unchecked here.
+# Static checks: style, types, shell scripts, and the documentation and
+# release notes building without a warning. A check that fails counts as
+# one failed test.
+checks_failed=0
+check() {  # check CMD...: run CMD
+    if ! "$@"; then
+        echo "check failed: $1"
+        checks_failed=$((checks_failed + 1))
+    fi
+}
+check .venv/bin/ruff check nova_clonedriver nova tests benchmarks tools/minicloud.d
+check .venv/bin/ruff format --check nova_clonedriver nova tests benchmarks tools/minicloud.d
+check .venv/bin/mypy
+# setup-host.sh installs shellcheck; without it the scripts go unchecked.
 if command -v shellcheck >/dev/null; then
-    shellcheck -x tools/*.sh tools/minicloud devstack/plugin.sh devstack/settings playbooks/clone-smoke/files/*.sh
-    shell_style=$?
+    check shellcheck -x tools/*.sh tools/minicloud tools/minicloud.d/*.sh devstack/plugin.sh devstack/settings \
+        playbooks/clone-smoke/files/*.sh
 else
     echo "shellcheck is not installed: shell scripts not checked"
-    shell_style=0
 fi
+docs=$(mktemp -d)
+check .venv/bin/python -m benchmarks.report
+check .venv/bin/python -m benchmarks.plot
+check .venv/bin/sphinx-build -q -W -b html doc/source "$docs/doc"
+check .venv/bin/sphinx-build -q -W -b html releasenotes/source "$docs/releasenotes"
+rm -rf "$docs"
 
 log=$(mktemp)
 .venv/bin/stestr run --concurrency "${TEST_CONCURRENCY:-2}" 2>&1 | tee "$log"
@@ -30,14 +46,7 @@ skipped=$(awk '/^ - Skipped:/ {print $3}' "$log" | tail -1)
 rm -f "$log"
 passed=${passed:-0}
 failed=${failed:-0}
-if [ "$style" -ne 0 ]; then
-    echo "style check (ruff) failed"
-    failed=$((failed + 1))
-fi
-if [ "$shell_style" -ne 0 ]; then
-    echo "style check (shellcheck) failed"
-    failed=$((failed + 1))
-fi
+failed=$((failed + checks_failed))
 if [ "$tests" -ne 0 ] && [ "$failed" -eq 0 ]; then
     failed=1  # the runner failed without counting a test failure
 fi
