@@ -572,7 +572,8 @@ class PageStats(_Base, lister.Lister):
 
     Remote snapshots (presented here): chunks cached of each file, bytes
     fetched, cache hits, fetch failures, fetch latency p50/p99. Snapshots
-    of this node: chunks and bytes served to each peer node.
+    of this node: chunks and bytes served to each peer node; and, of all
+    peers, refused TLS handshakes, refused and malformed requests.
     """
 
     COLUMNS = ("generation", "role", "peer", "counters")
@@ -588,4 +589,6 @@ class PageStats(_Base, lister.Lister):
                 (generation, "origin", peer, formattable(counters))
                 for peer, counters in peers.items()
             ]
+        # Refused handshakes and requests are not of one generation or peer.
+        rows.append(("-", "origin", "all peers", formattable(stats["origin"]["requests"])))
         return self.COLUMNS, rows

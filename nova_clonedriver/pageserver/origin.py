@@ -17,10 +17,12 @@ import datetime
 import json
 import logging
 import os
+import ssl
 from typing import Any
 
 from nova_clonedriver.engine import store as store_mod
 from nova_clonedriver.pageserver import protocol
+from nova_clonedriver.pageserver import ratelimit
 from nova_clonedriver.pageserver import stats as stats_mod
 from nova_clonedriver.pageserver import tls
 from nova_clonedriver.pageserver import transport
@@ -30,6 +32,8 @@ LOG = logging.getLogger(__name__)
 
 WORKING_SET_FILE = "working-set.json"
 MAX_CLONES_PER_PEER = 4096
+# A peer that connects and says nothing holds a connection this long.
+HANDSHAKE_TIMEOUT_S = 10.0
 
 
 def file_paths(generation: store_mod.Generation) -> list[str]:
@@ -150,6 +154,17 @@ class OriginStore:
         return generation
 
 
+def _reason(exc: BaseException) -> str:
+    """What went wrong in a handshake, in OpenSSL's words where it has some."""
+    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
+        return f"certificate not accepted: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLError) and exc.reason:
+        return exc.reason.replace("_", " ").lower()
+    if isinstance(exc, TimeoutError):
+        return f"no handshake within {HANDSHAKE_TIMEOUT_S:.0f} s"
+    return str(exc) or type(exc).__name__
+
+
 def read_chunk(
     generation: store_mod.Generation, file_number: int, fd: int, chunk: int
 ) -> bytes | None:
@@ -167,18 +182,33 @@ def read_chunk(
 class OriginServer:
     """Answers peers' requests for the generations blessed on this node."""
 
-    def __init__(self, store: store_mod.SnapshotStore, stats: stats_mod.Stats) -> None:
+    def __init__(
+        self,
+        store: store_mod.SnapshotStore,
+        stats: stats_mod.Stats,
+        ssl_context: ssl.SSLContext,
+    ) -> None:
         self.origin = OriginStore(store)
         self.stats = stats
+        self._ssl_context = ssl_context
+        self._refusals = ratelimit.RateLimitedLog(LOG)
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Serve one connection: the TLS handshake here rather than in
+        asyncio's server, which would drop a failed one without a word."""
+        address = writer.get_extra_info("peername")
+        host = str(address[0]) if address else "?"
         try:
+            await writer.start_tls(self._ssl_context, ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S)
             peer = tls.peer_name(writer.get_extra_info("peercert"))
-        except tls.CertificateError as exc:
-            LOG.warning("Refusing a peer: %s", exc)
+        except (ssl.SSLError, tls.CertificateError, ConnectionError, TimeoutError) as exc:
+            self.stats.count_origin("refused_handshakes")
+            self._refusals.warning(
+                host, "Refusing a peer: %s in the TLS handshake: %s", host, _reason(exc)
+            )
             writer.close()
             return
-        LOG.debug("Peer %s connected", peer)
+        LOG.debug("Peer %s connected from %s", peer, host)
         try:
             await self._serve(peer, reader, writer)
         except (asyncio.IncompleteReadError, ConnectionError):

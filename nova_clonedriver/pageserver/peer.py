@@ -6,6 +6,10 @@ One TLS connection per origin carries every request, several at a time
 request by id. A request that fails because the connection broke, or that
 gets no reply, is sent again on a new connection until ``timeout_s`` has
 passed since its first failure; then it fails with ``OriginUnavailable``.
+From then on the origin counts as unreachable: each request tries it once,
+for at most ``PROBE_TIMEOUT_S``, and fails if that does not get an answer (so
+a clone's retried reads do not each wait ``timeout_s`` again), until a
+request gets through.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from nova_clonedriver.pageserver.protocol import Kind
 LOG = logging.getLogger(__name__)
 
 RECONNECT_DELAY_S = 0.5
+PROBE_TIMEOUT_S = 2.0
 
 
 class OriginUnavailable(transport.Unavailable):
@@ -60,6 +65,8 @@ class OriginClient:
         self._connect_lock = asyncio.Lock()
         self._writer: asyncio.StreamWriter | None = None
         self._pending: dict[int, _Pending] = {}
+        # monotonic time of the first request that found it unreachable
+        self._unreachable_since: float | None = None
 
     async def request_json(self, kind: Kind, data: dict[str, Any]) -> dict[str, Any]:
         replies = await self._request(kind, json.dumps(data).encode(), 1)
@@ -87,7 +94,40 @@ class OriginClient:
     async def _request(
         self, kind: Kind, payload: bytes, expected_replies: int
     ) -> list[tuple[int, bytes]]:
-        deadline = time.monotonic() + self._timeout_s
+        try:
+            replies = await self._request_until_deadline(kind, payload, expected_replies)
+        except OriginUnavailable:
+            if self._unreachable_since is None:
+                self._unreachable_since = time.monotonic()
+                LOG.warning(
+                    "Origin %s is unreachable: requests to it now fail after one "
+                    "try (at most %.0f s) until it answers again",
+                    self.address,
+                    PROBE_TIMEOUT_S,
+                )
+            raise
+        except transport.Refused:  # an answer all the same
+            self._answered()
+            raise
+        self._answered()
+        return replies
+
+    def _answered(self) -> None:
+        if self._unreachable_since is not None:
+            LOG.info(
+                "Origin %s answers again after %.0f s",
+                self.address,
+                time.monotonic() - self._unreachable_since,
+            )
+            self._unreachable_since = None
+
+    async def _request_until_deadline(
+        self, kind: Kind, payload: bytes, expected_replies: int
+    ) -> list[tuple[int, bytes]]:
+        since = self._unreachable_since
+        timeout_s = self._timeout_s if since is None else min(self._timeout_s, PROBE_TIMEOUT_S)
+        down = "" if since is None else f", {time.monotonic() - since:.0f} s after it first failed"
+        deadline = time.monotonic() + timeout_s
         async with self._slots:
             while True:
                 try:
@@ -97,12 +137,16 @@ class OriginClient:
                     )
                 except asyncio.TimeoutError:
                     raise OriginUnavailable(
-                        f"origin {self.address} sent no reply within {self._timeout_s} s"
+                        f"origin {self.address} sent no reply within {timeout_s} s{down}"
                     ) from None
                 except (_ConnectionLost, OSError) as exc:
+                    if since is not None:  # known to be down: one try only
+                        raise OriginUnavailable(
+                            f"origin {self.address} still unreachable{down}: {exc}"
+                        ) from exc
                     if time.monotonic() >= deadline:
                         raise OriginUnavailable(
-                            f"origin {self.address} unreachable for {self._timeout_s} s: {exc}"
+                            f"origin {self.address} unreachable for {timeout_s} s: {exc}"
                         ) from exc
                     LOG.warning("Request to origin %s failed (%s); retrying", self.address, exc)
                     await asyncio.sleep(RECONNECT_DELAY_S)

@@ -37,6 +37,7 @@ LOG = logging.getLogger(__name__)
 
 PREFETCH_CHOICES = ("none", "working-set", "full")
 MEMORY_FILE_NAME = store_mod.MEMORY_IMAGE_FILE
+BACKGROUND_RETRY_S = 10.0  # while the origin is unreachable
 BACKGROUND_BATCH_CHUNKS = 16
 
 
@@ -370,14 +371,22 @@ class RemoteGenerations:
         }
 
     async def _complete_in_background(self, presented: presented_mod.Presented) -> None:
-        """Fetch what is missing at ``background_fetch_mib_per_s``; a batch
-        that fails is left for clones to ask for (and logged)."""
+        """Fetch what is missing at ``background_fetch_mib_per_s``. While the
+        origin is unreachable, wait for it; a batch that fails otherwise (a
+        damaged chunk) is left for clones to ask for. The fetcher logs each
+        failure."""
         rate = self.settings.background_fetch_mib_per_s * 2**20
         for number, missing in presented.missing().items():
             for start in range(0, len(missing), BACKGROUND_BATCH_CHUNKS):
                 batch = missing[start : start + BACKGROUND_BATCH_CHUNKS]
-                with contextlib.suppress(Exception):  # the fetcher logged it
-                    await presented.ensure(number, batch, bulk=True)
+                while True:
+                    try:
+                        await presented.ensure(number, batch, bulk=True)
+                        break
+                    except transport.Unavailable:  # wait for the origin
+                        await asyncio.sleep(BACKGROUND_RETRY_S)
+                    except Exception:  # a damaged chunk: left for clones
+                        break
                 await asyncio.sleep(len(batch) * presented.chunk_size_bytes(number) / rate)
         left = sum(len(chunks) for chunks in presented.missing().values())
         if left:

@@ -82,10 +82,8 @@ class PageService:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._stop.set)
         certs = (config.tls_cert_file, config.tls_key_file, config.tls_ca_file)
-        origin = origin_mod.OriginServer(self.store, self.stats)
-        tcp = await asyncio.start_server(
-            origin.handle, config.listen_host, config.listen_port, ssl=tls.server_context(*certs)
-        )
+        origin = origin_mod.OriginServer(self.store, self.stats, tls.server_context(*certs))
+        tcp = await asyncio.start_server(origin.handle, config.listen_host, config.listen_port)
         self.remote = remote_mod.RemoteGenerations(
             self.store,
             self.stats,

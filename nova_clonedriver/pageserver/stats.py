@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import collections
 import statistics
+import typing
 from typing import Any
+from typing import Literal
 
 LATENCY_SAMPLES = 10000
+# What an origin counts of the requests of all peers: shown even at 0, so
+# an operator sees that nothing was refused rather than nothing at all.
+OriginCounter = Literal["refused_handshakes", "refused_requests", "malformed_requests"]
+ORIGIN_REQUEST_COUNTERS: tuple[OriginCounter, ...] = typing.get_args(OriginCounter)
 
 
 class GenerationStats:
@@ -37,7 +43,7 @@ class Stats:
             lambda: collections.defaultdict(collections.Counter)
         )
 
-    def count_origin(self, what: str) -> None:
+    def count_origin(self, what: OriginCounter) -> None:
         self.origin[what] += 1
 
     def served(self, generation_id: str, peer: str, nbytes: int) -> None:
@@ -50,7 +56,7 @@ class Stats:
     def to_json(self) -> dict[str, Any]:
         return {
             "origin": {
-                "requests": dict(self.origin),
+                "requests": {k: self.origin[k] for k in ORIGIN_REQUEST_COUNTERS},
                 "generations": {
                     g: {p: dict(c) for p, c in peers.items()}
                     for g, peers in self.served_to.items()

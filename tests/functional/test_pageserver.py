@@ -263,6 +263,31 @@ class TestPageService(base.LibvirtTestCase):
             lambda: f"no completion in the log: {node.log()[-2000:]}",
         )
 
+    def test_background_completion_waits_for_an_origin_that_went_away(self):
+        node = self.add_node(
+            "node-patient", release_idle_s=3600, background_fetch_mib_per_s=16, fetch_timeout_s=3
+        )
+        node.client.attach(self.generation.id, self.node_a.address, self.generation.access_key)
+        self.node_a.stop()
+        try:
+            waiting.wait(
+                lambda: "is unreachable" in node.log(),
+                30,
+                lambda: f"the origin never counted as unreachable: {node.log()[-2000:]}",
+            )
+            cached = self.remote_stats(node, self.generation.id)["chunks_cached"]
+        finally:
+            self.node_a.start()
+        waiting.wait(
+            lambda: "is complete in the cache" in node.log(),
+            90,
+            lambda: f"no completion in the log: {node.log()[-2000:]}",
+        )
+        stats = self.remote_stats(node, self.generation.id)
+        self.assertEqual(stats["chunks_total"], stats["chunks_cached"], stats)
+        self.assertLess(cached["memory.img"], stats["chunks_total"]["memory.img"])
+        self.assertNotIn("chunks missing", node.log())
+
     def test_full_prefetch_makes_a_node_independent_of_the_origin(self):
         generation = self.engine_a.bless(self.master.name())
         node = self.add_node("node-full", release_idle_s=3600)
@@ -323,13 +348,24 @@ class TestPageService(base.LibvirtTestCase):
         self.assertSameBytes(expected, result.get("data"))
 
         # The origin stays away: the read fails (EIO) after the timeout,
-        # and the failure shows in stats.
+        # and the failure shows in stats. The node now knows the origin is
+        # unreachable: the next read, elsewhere, fails after one short try
+        # rather than another timeout.
         self.node_a.stop()
         try:
-            started = time.monotonic()
-            error = self.assertRaises(OSError, self.read_chunk, node, generation, second)
-            self.assertEqual(errno.EIO, error.errno)
-            self.assertGreaterEqual(time.monotonic() - started, 11)
+            for chunk, at_least_s, at_most_s in (
+                (second, 11, 24),
+                (chunks[len(chunks) // 4], 0, 6),
+            ):
+                started = time.monotonic()
+                error = self.assertRaises(OSError, self.read_chunk, node, generation, chunk)
+                self.assertEqual(errno.EIO, error.errno)
+                elapsed_s = time.monotonic() - started
+                self.addDetail(
+                    f"read of chunk {chunk} failed after", text_content(f"{elapsed_s:.1f} s")
+                )
+                self.assertGreaterEqual(elapsed_s, at_least_s)
+                self.assertLess(elapsed_s, at_most_s)
         finally:
             self.node_a.start()
         self.assertGreaterEqual(self.remote_stats(node, generation.id)["fetch_failures"], 1)
@@ -449,6 +485,13 @@ class TestPageService(base.LibvirtTestCase):
         stranger = self.client_context(stranger_pki, "node-x")
         stranger.load_verify_locations(self.pki.ca_file)
         self.assertTrue(self.refused(stranger, open_request))
+        # The origin says so in its log (once a minute per address) and
+        # counts each refusal.
+        refusals = [line for line in self.node_a.log().splitlines() if "Refusing a peer" in line]
+        self.assertEqual(1, len(refusals), refusals)
+        self.assertIn("in the TLS handshake: peer did not return a certificate", refusals[0])
+        requests = self.node_a.client.stats()["origin"]["requests"]
+        self.assertEqual(2, requests["refused_handshakes"], requests)
         # (A certificate of the deployment gets an answer to the same bytes.)
         self.assertFalse(self.refused(self.client_context(self.pki, "node-f"), open_request))
         # A node of the deployment that never opened the generation.

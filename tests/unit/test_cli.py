@@ -691,7 +691,11 @@ class TestPageServiceCommands(CLITestCase):
             "node": "node-b",
             "remote": {GEN_ID: {"origin": "10.0.0.11:8797", "bytes_fetched": 5}},
             "origin": {
-                "requests": {},
+                "requests": {
+                    "refused_handshakes": 4,
+                    "refused_requests": 1,
+                    "malformed_requests": 0,
+                },
                 "generations": {OTHER_ID: {"node-c": {"chunks_served": 3}}},
             },
         }
@@ -709,6 +713,16 @@ class TestPageServiceCommands(CLITestCase):
                     "role": "origin",
                     "peer": "node-c",
                     "counters": {"chunks_served": 3},
+                },
+                {
+                    "generation": "-",
+                    "role": "origin",
+                    "peer": "all peers",
+                    "counters": {
+                        "refused_handshakes": 4,
+                        "refused_requests": 1,
+                        "malformed_requests": 0,
+                    },
                 },
             ],
             json.loads(out),
