@@ -33,6 +33,19 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--counts", type=_ints, default=[1, 4, 16], help="burst: N list")
     run.add_argument("--no-ksm", action="store_true", help="burst: skip the KSM baseline")
     run.add_argument(
+        "--eager-max",
+        type=int,
+        metavar="N",
+        help="burst: eager restores only up to N (larger N would not fit in memory)",
+    )
+    run.add_argument(
+        "--tcg-tb-cache-mib",
+        type=int,
+        default=0,
+        metavar="MIB",
+        help="burst: also N clones with this TCG translation cache, in the same run",
+    )
+    run.add_argument(
         "--clones", type=int, default=4, help="divergence, demo: clones; nova: servers per request"
     )
     run.add_argument("--percents", type=_ints, default=[1, 10, 50], help="divergence")
@@ -62,7 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.scenario == "start":
         data = scenarios.start_latency(args.memory_mb, args.repeat)
     elif args.scenario == "burst":
-        data = scenarios.burst_density(args.memory_mb, args.counts, not args.no_ksm)
+        data = scenarios.burst_density(
+            args.memory_mb, args.counts, not args.no_ksm, args.eager_max, args.tcg_tb_cache_mib
+        )
     elif args.scenario == "divergence":
         data = scenarios.divergence(args.memory_mb, args.clones, args.percents)
     elif args.scenario == "pause":

@@ -29,6 +29,7 @@ os.environ.setdefault(
     os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "build", "guest"),
 )
 PATTERN_SEED = 777
+LAUNCH_PARALLELISM = 64
 
 
 def summary(values: list[float]) -> dict[str, float]:
@@ -106,7 +107,9 @@ class Bench:
         os.makedirs(self.state_dir)
         for path in (STATE_DIR, self.state_dir):
             os.chmod(path, 0o711)
-        self.engine = api.CloneEngine(self.conn, self.state_dir, launch_parallelism=64)
+        self.engine = api.CloneEngine(
+            self.conn, self.state_dir, launch_parallelism=LAUNCH_PARALLELISM
+        )
 
     def close(self) -> None:
         testguest.destroy_all(self.conn, self.prefix)

@@ -22,6 +22,7 @@ def burst(result: dict[str, Any], axes: Any) -> None:
         ("clone_host_mib_after_read", "clones (all read their pattern)"),
         ("eager_host_mib", "eager restores"),
         ("ksm_host_mib", "eager restores + KSM (converged)"),
+        ("tb_clone_host_mib_after_read", "clones, smaller TCG translation cache (all read)"),
     ):
         points = [(r["count"], r[key]) for r in rows if key in r]
         left.plot(*zip(*points, strict=True), marker="o", label=label)
@@ -35,7 +36,8 @@ def burst(result: dict[str, Any], axes: Any) -> None:
     )
     left.legend(fontsize="small")
     for key, label in (("clone_all_ready_ms", "clones"), ("eager_all_ready_ms", "eager")):
-        right.plot(counts, [r[key] / 1000 for r in rows], marker="o", label=label)
+        points = [(r["count"], r[key] / 1000) for r in rows if key in r]
+        right.plot(*zip(*points, strict=True), marker="o", label=label)
     right.set(
         xlabel="VMs launched at once",
         ylabel="s until all run their agent",

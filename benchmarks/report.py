@@ -93,24 +93,35 @@ def table(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
             "KSM converge s / ksmd CPU s",
             "oversubscription clones (all read)",
         ]
+        tb_mib = data.get("tcg_tb_cache_mib")
+        if tb_mib:
+            header += [
+                f"tb-cache {tb_mib} MiB: clones host MiB (idle / all read)",
+                f"tb-cache {tb_mib} MiB: oversubscription (all read)",
+            ]
         rows = []
         one = next((r["clone_all_running_ms"] for r in data["rows"] if r["count"] == 1), None)
         for row in data["rows"]:
             running = f"{row['clone_all_running_ms']:.0f}"
-            rows.append(
-                [
-                    str(row["count"]),
-                    str(row["guest_memory_mib"]),
-                    f"{running} ({row['clone_all_running_ms'] / one:.1f}x)" if one else running,
-                    f"{row['clone_all_ready_ms']:.0f}",
-                    f"{row['clone_host_mib_idle']:.0f} / {row['clone_host_mib_after_read']:.0f}",
-                    f"{row['eager_all_ready_ms']:.0f}",
-                    f"{row['eager_host_mib']:.0f}",
-                    f"{row['ksm_host_mib']:.0f}" if "ksm_host_mib" in row else "-",
-                    _ksm_time(row),
-                    f"{row['guest_memory_mib'] / row['clone_host_mib_after_read']:.1f}x",
+            line = [
+                str(row["count"]),
+                str(row["guest_memory_mib"]),
+                f"{running} ({row['clone_all_running_ms'] / one:.1f}x)" if one else running,
+                f"{row['clone_all_ready_ms']:.0f}",
+                f"{row['clone_host_mib_idle']:.0f} / {row['clone_host_mib_after_read']:.0f}",
+                f"{row['eager_all_ready_ms']:.0f}" if "eager_all_ready_ms" in row else "-",
+                f"{row['eager_host_mib']:.0f}" if "eager_host_mib" in row else "-",
+                f"{row['ksm_host_mib']:.0f}" if "ksm_host_mib" in row else "-",
+                _ksm_time(row),
+                f"{row['guest_memory_mib'] / row['clone_host_mib_after_read']:.1f}x",
+            ]
+            if tb_mib:
+                line += [
+                    f"{row['tb_clone_host_mib_idle']:.0f} / "
+                    f"{row['tb_clone_host_mib_after_read']:.0f}",
+                    f"{row['guest_memory_mib'] / row['tb_clone_host_mib_after_read']:.1f}x",
                 ]
-            )
+            rows.append(line)
         return header, rows
     if kind == "divergence":
         return (

@@ -12,7 +12,12 @@ from typing import Any
 from benchmarks import common
 from benchmarks import ksm
 from nova_clonedriver.demo import run as demo_mod
+from nova_clonedriver.engine import api
 from nova_clonedriver.engine import hostmem
+
+# A clone's agent reading its whole pattern, with N clones reading at once.
+READ_TIMEOUT_S = 60
+READ_TIMEOUT_S_PER_CLONE = 10
 
 
 def start_latency(memory_mib: int, repeat: int) -> dict[str, Any]:
@@ -93,41 +98,68 @@ def _clone_cpu(
     }
 
 
-def burst_density(memory_mib: int, counts: list[int], with_ksm: bool) -> dict[str, Any]:
+def burst_density(
+    memory_mib: int,
+    counts: list[int],
+    with_ksm: bool,
+    eager_max: int | None = None,
+    tcg_tb_cache_mib: int = 0,
+) -> dict[str, Any]:
     """N clones at once against N eager restores (and N eager restores after
-    KSM has merged what it can): time until all answer, host memory."""
+    KSM has merged what it can): time until all answer, host memory.
+    ``eager_max``: no eager restores for larger N (they would not fit in the
+    host's memory). ``tcg_tb_cache_mib``: also N clones with that
+    translation cache, in the same run."""
     bench = common.Bench()
     rows = []
     try:
         master = bench.master(memory_mib)
         generation = bench.engine.bless(master.domain.name())
         eager = common.EagerCopies(bench, master)
+        small_tb = api.CloneEngine(
+            bench.conn,
+            bench.state_dir,
+            launch_parallelism=common.LAUNCH_PARALLELISM,
+            tcg_tb_cache_mib=tcg_tb_cache_mib,
+        )
         for count in counts:
             row: dict[str, Any] = {"count": count, "guest_memory_mib": count * memory_mib}
-            row.update(_clone_burst(bench, generation.id, count))
-            row.update(_eager_burst(bench, eager, count, with_ksm))
+            row.update(_clone_burst(bench, bench.engine, generation.id, count))
+            if tcg_tb_cache_mib:
+                burst = _clone_burst(bench, small_tb, generation.id, count)
+                row.update({f"tb_{key}": value for key, value in burst.items()})
+            if eager_max is None or count <= eager_max:
+                row.update(_eager_burst(bench, eager, count, with_ksm))
             rows.append(row)
-        return {"pattern_mib": master.pattern_mib, "rows": rows}
+        return {
+            "pattern_mib": master.pattern_mib,
+            "tcg_tb_cache_mib": tcg_tb_cache_mib,
+            "rows": rows,
+        }
     finally:
         bench.close()
 
 
-def _clone_burst(bench: common.Bench, generation_id: str, count: int) -> dict[str, Any]:
+def _clone_burst(
+    bench: common.Bench, engine: api.CloneEngine, generation_id: str, count: int
+) -> dict[str, Any]:
     started = time.monotonic()
-    clones = bench.engine.launch(generation_id, count)
+    clones = engine.launch(generation_id, count)
     running_ms = (time.monotonic() - started) * 1000
     clients = [bench.clone_agent(c) for c in clones]
     bench.wait_agents(clients)
     ready_ms = (time.monotonic() - started) * 1000
     names = [c.name for c in clones]
     idle_mib = hostmem.domains_pss_mib(names)
+    for client in clients:  # N guests reading at once share 2 cores
+        client.timeout_s = READ_TIMEOUT_S + READ_TIMEOUT_S_PER_CLONE * count
     with concurrent.futures.ThreadPoolExecutor(count) as pool:
         list(pool.map(lambda c: c.request("checksum"), clients))  # read every page
     read_mib = hostmem.domains_pss_mib(names)
     for client in clients:
         client.close()
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        list(pool.map(bench.engine.destroy_clone, [c.uuid for c in clones]))
+        list(pool.map(engine.destroy_clone, [c.uuid for c in clones]))
     return {
         "clone_all_running_ms": round(running_ms, 1),
         "clone_all_ready_ms": round(ready_ms, 1),

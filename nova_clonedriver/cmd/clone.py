@@ -270,6 +270,7 @@ class CloneApp(app.App):
             CONF.clone.state_dir,
             bless_options=api.BlessOptions.from_group(CONF.clone),
             launch_parallelism=CONF.clone.launch_parallelism,
+            tcg_tb_cache_mib=CONF.clone.tcg_tb_cache_mib,
         )
 
     def fail(self, message: str) -> int:

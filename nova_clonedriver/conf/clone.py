@@ -57,6 +57,17 @@ OPTS = [
         min=1,
         help="How many clones one launch starts at the same time.",
     ),
+    cfg.IntOpt(
+        "tcg_tb_cache_mib",
+        default=0,
+        min=0,
+        help="Translation cache of clones of TCG masters (domain type "
+        "qemu), in MiB; 0 leaves QEMU's default, a buffer that grows as "
+        "the guest runs code (24 MiB for the test guest after reading "
+        "1 GiB). Smaller saves host memory per clone at the cost of guest "
+        "speed: 8 saved 16 MiB per clone and made re-reading 1 GiB 1.5 "
+        "times slower. KVM clones have no translation cache.",
+    ),
     cfg.FloatOpt(
         "live_clone_weight_multiplier",
         default=10.0,

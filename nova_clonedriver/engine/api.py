@@ -58,13 +58,17 @@ class CloneEngine:
         bless_options: BlessOptions | None = None,
         launch_parallelism: int = 8,
         chown: Callable[[str, int, int], None] = os.chown,
+        tcg_tb_cache_mib: int = 0,
     ) -> None:
-        """``chown``: how to give files to QEMU's user (privileged)."""
+        """``chown``: how to give files to QEMU's user (privileged).
+        ``tcg_tb_cache_mib``: the translation cache of TCG clones (0:
+        QEMU's default, which grows as the guest runs code)."""
         self.conn = conn
         self.store = store_mod.SnapshotStore(state_dir)
         self._bless_options = bless_options or BlessOptions()
         self._parallelism = launch_parallelism
         self._chown = chown
+        self._tcg_tb_cache_mib = tcg_tb_cache_mib
 
     def bless(self, domain_name: str, bound_to: dict[str, str] | None = None) -> Generation:
         """``bound_to``: what the caller binds the generation to (kept in it,
@@ -91,6 +95,7 @@ class CloneEngine:
             self._parallelism,
             specs,
             on_clone_started,
+            self._tcg_tb_cache_mib,
         )
 
     def generations(self) -> list[Generation]:

@@ -112,14 +112,19 @@ class CloneIdentity:
 
 
 def clone_xml(
-    master_xml: str, identity: CloneIdentity, memory_image: str | None, size_bytes: int
+    master_xml: str,
+    identity: CloneIdentity,
+    memory_image: str | None,
+    size_bytes: int,
+    tcg_tb_cache_mib: int = 0,
 ) -> str:
     """The restore XML of one clone (its NICs still carry the master's MACs:
     the device state does too; launch swaps them once the clone runs).
 
     Without ``memory_image`` the clone keeps libvirt's anonymous RAM and
     must be restored from a full stream: an eager copy (the benchmarks'
-    baseline)."""
+    baseline). ``tcg_tb_cache_mib``: the translation cache of a TCG clone
+    (0: QEMU's default); KVM clones have none."""
     root = parse(master_xml)
     root.attrib.pop("id", None)
     root.find("name").text = identity.name  # type: ignore[union-attr]
@@ -155,7 +160,21 @@ def clone_xml(
                 log.set("file", _moved(log.get("file", ""), identity))
     if memory_image is not None:
         _add_memory_backend(root, memory_image, size_bytes)
+    if tcg_tb_cache_mib and root.get("type") == "qemu":
+        _set_tb_cache(root, tcg_tb_cache_mib)
     return to_string(root)
+
+
+def _set_tb_cache(root: ET.Element, size_mib: int) -> None:
+    features = root.find("features")
+    if features is None:
+        features = ET.SubElement(root, "features")
+    tcg = features.find("tcg")
+    if tcg is None:
+        tcg = ET.SubElement(features, "tcg")
+    for old in tcg.findall("tb-cache"):
+        tcg.remove(old)
+    ET.SubElement(tcg, "tb-cache", unit="MiB").text = str(size_mib)
 
 
 def _moved(path: str, identity: CloneIdentity) -> str:

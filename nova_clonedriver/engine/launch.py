@@ -86,9 +86,10 @@ def launch(
     max_parallel: int = 8,
     specs: list[CloneSpec] | None = None,
     on_clone_started: Callable[[Clone], None] | None = None,
+    tcg_tb_cache_mib: int = 0,
 ) -> list[Clone]:
     """Start ``count`` clones of the generation (or one per spec), up to
-    ``max_parallel`` at once.
+    ``max_parallel`` at once (``tcg_tb_cache_mib``: see domainxml.clone_xml).
 
     ``on_clone_started`` is called (in the caller's thread) with each clone
     as soon as it runs, in the order they come up; the result keeps the
@@ -103,7 +104,10 @@ def launch(
         prefix = name_prefix or f"{generation.source_domain}-clone"
         specs = [_engine_spec(store, prefix) for _ in range(count)]
     with concurrent.futures.ThreadPoolExecutor(min(count, max_parallel)) as pool:
-        futures = [pool.submit(_launch_one, conn, store, generation, spec) for spec in specs]
+        futures = [
+            pool.submit(_launch_one, conn, store, generation, spec, tcg_tb_cache_mib)
+            for spec in specs
+        ]
         if on_clone_started is not None:
             for future in concurrent.futures.as_completed(futures):
                 if future.exception() is None:
@@ -182,6 +186,7 @@ def _launch_one(
     store: store_mod.SnapshotStore,
     generation: store_mod.Generation,
     spec: CloneSpec,
+    tcg_tb_cache_mib: int,
 ) -> Clone:
     started = time.monotonic()
     clone_uuid, directory = spec.uuid, spec.directory
@@ -213,7 +218,11 @@ def _launch_one(
             _copy_overlay_template(generation, disk, identity.overlays[disk["target"]])
         overlays_at = time.monotonic()
         xml = domainxml.clone_xml(
-            generation.domain_xml, identity, generation.memory_image, generation.memory_bytes
+            generation.domain_xml,
+            identity,
+            generation.memory_image,
+            generation.memory_bytes,
+            tcg_tb_cache_mib,
         )
         save_path = os.path.join(directory, RESTORE_FILE)
         with open(save_path, "wb") as save, open(generation.device_stream, "rb") as stream:

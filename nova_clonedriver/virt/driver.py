@@ -103,6 +103,7 @@ class CloneDriver(libvirt_driver.LibvirtDriver):
                 CONF.clone.state_dir,
                 bless_options=api.BlessOptions.from_group(CONF.clone, require_genid=True),
                 launch_parallelism=CONF.clone.launch_parallelism,
+                tcg_tb_cache_mib=CONF.clone.tcg_tb_cache_mib,
                 # nova-compute runs as an unprivileged user in real clouds.
                 chown=nova_privsep_path.chown,
             )

@@ -202,6 +202,17 @@ class TestBlessAndLaunch(base.LibvirtTestCase):
         for entry in stats["clones"]:
             self.assertLess(entry["private_written_mib"], self.pattern_mib / 4)
 
+    def test_a_smaller_translation_cache_changes_no_byte(self):
+        engine = api.CloneEngine(self.conn, self.state_dir, tcg_tb_cache_mib=8)
+        [clone] = engine.launch(self.generation.id, name_prefix=f"{self.prefix}-tb")
+        self.addCleanup(engine.destroy_clone, clone.uuid)
+        with open(f"/proc/{hostmem.qemu_pid(clone.name)}/cmdline") as f:
+            self.assertIn("tcg,tb-size=8", f.read().split("\0"))
+        client = base.clone_agent(engine, clone.uuid)
+        self.addCleanup(client.close)
+        client.wait_ready(timeout_s=60)
+        self.assertEqual(self.checksum, client.request("checksum")["checksum"])
+
     def test_state_is_visible_to_another_process(self):
         out = subprocess.run(
             [

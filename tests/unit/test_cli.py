@@ -163,7 +163,7 @@ class TestList(CLITestCase):
         with open(config, "w") as f:
             f.write(
                 "[clone]\nlibvirt_uri = test:///default\nlaunch_parallelism = 3\n"
-                "state_dir = /not/this/one\n"
+                "tcg_tb_cache_mib = 8\nstate_dir = /not/this/one\n"
             )
         self.run_ok("--config-file", config, "list")
         self.libvirt_open.assert_called_once_with("test:///default")
@@ -174,6 +174,7 @@ class TestList(CLITestCase):
                 downtime_limit_ms=10, timeout_s=300, max_disk_layers=16
             ),
             launch_parallelism=3,
+            tcg_tb_cache_mib=8,
         )
 
 
@@ -610,7 +611,7 @@ class TestLaunchCallback(testtools.TestCase):
             return launch_mod.launch(mock.Mock(), self.store, GEN_ID, 3, "t", **kwargs)
 
     def test_called_once_per_started_clone(self):
-        def launch_one(conn, store, generation, spec):
+        def launch_one(conn, store, generation, spec, tcg_tb_cache_mib):
             if spec.name == names[1]:
                 raise launch_mod.LaunchError("boom")
             return api.Clone(spec.name, spec.uuid, GEN_ID, [], 1.0, 2.0)
@@ -625,7 +626,7 @@ class TestLaunchCallback(testtools.TestCase):
         self.assertEqual([names[0], names[2]], [c.name for c in error.launched])
 
     def test_failing_callback_loses_no_clone(self):
-        def launch_one(conn, store, generation, spec):
+        def launch_one(conn, store, generation, spec, tcg_tb_cache_mib):
             return api.Clone(spec.name, spec.uuid, GEN_ID, [], 1.0, 2.0)
 
         logs = self.useFixture(fixtures.FakeLogger(level=logging.ERROR))

@@ -170,3 +170,34 @@ class TestCloneXML(testtools.TestCase):
         self.assertGreater(len(macs), 45)
         for mac in macs:
             self.assertRegex(mac, r"^52:54:00(:[0-9a-f]{2}){3}$")
+
+
+class TestTranslationCache(testtools.TestCase):
+    def tb_cache(self, master, size_mib):
+        root = ET.fromstring(
+            domainxml.clone_xml(master, IDENTITY, "/store/g/memory.img", 256 << 20, size_mib)
+        )
+        return [(e.get("unit"), e.text) for e in root.findall("features/tcg/tb-cache")]
+
+    def test_a_tcg_clone_gets_the_size_asked_for(self):
+        self.assertEqual([("MiB", "8")], self.tb_cache(MASTER, 8))
+
+    def test_it_replaces_the_masters_and_keeps_its_other_features(self):
+        master = MASTER.replace(
+            "<devices>",
+            "<features><acpi/><tcg><tb-cache unit='KiB'>65536</tb-cache></tcg></features>"
+            "<devices>",
+        )
+        root = ET.fromstring(
+            domainxml.clone_xml(master, IDENTITY, "/store/g/memory.img", 256 << 20, 16)
+        )
+        self.assertIsNotNone(root.find("features/acpi"))
+        self.assertEqual(
+            [("MiB", "16")],
+            [(e.get("unit"), e.text) for e in root.findall("features/tcg/tb-cache")],
+        )
+
+    def test_zero_and_kvm_leave_qemus_default(self):
+        self.assertEqual([], self.tb_cache(MASTER, 0))
+        kvm = MASTER.replace("<domain type='qemu'", "<domain type='kvm'")
+        self.assertEqual([], self.tb_cache(kvm, 8))
