@@ -12,7 +12,8 @@ set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 out=${GUEST_DIR:-$repo/build/guest}
 src=$repo/tools/guest
-modules="virtio_pci virtio_console virtio_net virtio_blk qemu_fw_cfg"
+# button + evdev: the ACPI power button, which clone-agent answers.
+modules="virtio_pci virtio_console virtio_net virtio_blk qemu_fw_cfg button evdev"
 
 inputs_hash=$( (cat "$src"/* "$0"; dpkg-query -W busybox-static) | sha256sum | cut -c1-16)
 if [ -f "$out/stamp" ] && [ "$(cat "$out/stamp")" = "$inputs_hash" ]; then

@@ -32,9 +32,6 @@ PROJECT_B = "b0" * 16
 class TestTwoProjects(test_nova_api.NovaAPITestCase):
     def setUp(self):
         super().setUp()
-        # The test guest ignores ACPI: a soft reboot becomes a hard one
-        # after this long (nova's own fallback).
-        self.flags(wait_soft_reboot_seconds=1, group="libvirt")
         self.api_b = self._member_api("tenant-b", PROJECT_B)
         # nova's Glance fixture drops the data of image updates (snapshots);
         # real Glance keeps it, and unshelve boots from it.

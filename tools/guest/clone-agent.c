@@ -21,12 +21,19 @@
  *   diskread <block>     checksum of that 4 KiB block of /dev/vda
  *
  * Kernel command line "clone_agent.fill=<mib>:<seed>" fills at boot.
+ *
+ * The ACPI power button (what libvirt's shutdown, and so nova's clean stop,
+ * soft reboot, shelve and rescue, press) powers the guest off at once, as a
+ * real guest's init would after shutting down: without it nova waits its
+ * whole shutdown timeout for a guest that never goes.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/input.h>
+#include <linux/reboot.h>
 #include <net/if.h>
 #include <poll.h>
 #include <signal.h>
@@ -38,6 +45,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/random.h>
+#include <sys/reboot.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -373,6 +381,42 @@ static int open_agent_port(void)
     return fd;
 }
 
+/* The evdev node of the ACPI power button (its input device is named so by
+ * the kernel's button driver), or -1. */
+static int open_power_button(void)
+{
+    DIR *d = opendir("/sys/class/input");
+    struct dirent *e;
+    int fd = -1;
+    while (d && (e = readdir(d))) {
+        char path[300], name[128];
+        if (strncmp(e->d_name, "event", 5))
+            continue;
+        snprintf(path, sizeof(path), "/sys/class/input/%s/device/name", e->d_name);
+        read_first_line(path, name, sizeof(name));
+        if (strcmp(name, "Power Button"))
+            continue;
+        snprintf(path, sizeof(path), "/dev/input/%s", e->d_name);
+        fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+        break;
+    }
+    if (d)
+        closedir(d);
+    return fd;
+}
+
+static void on_power_button(int fd)
+{
+    struct input_event event;
+    while (read(fd, &event, sizeof(event)) == (ssize_t)sizeof(event)) {
+        if (event.type == EV_KEY && event.code == KEY_POWER && event.value == 1) {
+            printf("clone-agent: power button pressed, powering off\n");
+            sync();
+            reboot(LINUX_REBOOT_CMD_POWER_OFF);
+        }
+    }
+}
+
 /* Hot-plugged NICs (a clone gets its own) are brought up by /sbin/netup.
  * They are told apart by ifindex: a new NIC may reuse an old one's name. */
 static void bring_up_new_nics(void)
@@ -422,6 +466,7 @@ int main(void)
 {
     struct channel console = {.fd = STDIN_FILENO};
     struct channel port = {.fd = -1};
+    int power_button = open_power_button();
     double next_beat = now_ms();
     int port_hung_up = 0;
 
@@ -445,16 +490,19 @@ int main(void)
          * until a host connects, which poll cannot wait for: leave it out
          * and look again every HUP_RECHECK_MS. Polling it would spin the
          * vCPU (a clone's port has no host until someone connects). */
-        struct pollfd fds[2] = {{.fd = console.fd, .events = POLLIN},
-                                {.fd = port_hung_up ? -1 : port.fd, .events = POLLIN}};
+        struct pollfd fds[3] = {{.fd = console.fd, .events = POLLIN},
+                                {.fd = port_hung_up ? -1 : port.fd, .events = POLLIN},
+                                {.fd = power_button, .events = POLLIN}};
         int wait_ms = (int)(next_beat - now) + 1;
         if (port_hung_up) {
             if (wait_ms > HUP_RECHECK_MS)
                 wait_ms = HUP_RECHECK_MS;
             port_hung_up = 0; /* look again after this wait */
         }
-        if (poll(fds, 2, wait_ms) < 0)
+        if (poll(fds, 3, wait_ms) < 0)
             continue;
+        if (fds[2].revents & POLLIN)
+            on_power_button(power_button);
         if (fds[0].revents & POLLIN)
             pump(&console);
         /* What a host wrote before it went is still read: hung up is only
