@@ -112,11 +112,16 @@ class TestHandshake(OriginCase):
         self.assertEqual(20, self.stats.to_json()["origin"]["requests"]["refused_handshakes"])
 
 
+LOGGER = "tests.unit.test_pageserver_handshake"
+
+
 class TestRateLimitedLog(testtools.TestCase):
     def test_the_next_line_after_the_interval_says_how_many_were_left_out(self):
-        log = self.useFixture(fixtures.FakeLogger(level=logging.INFO))
+        # Only this logger: the root one may get what the garbage collector
+        # says of other tests' event loops meanwhile.
+        log = self.useFixture(fixtures.FakeLogger(name=LOGGER, level=logging.INFO))
         now = self.useFixture(fixtures.MockPatch("time.monotonic", return_value=100.0)).mock
-        limited = ratelimit.RateLimitedLog(logging.getLogger("t"), interval_s=60)
+        limited = ratelimit.RateLimitedLog(logging.getLogger(LOGGER), interval_s=60)
         for _ in range(5):
             limited.warning("10.0.0.1", "refused %s", "10.0.0.1")
         limited.warning("10.0.0.2", "refused %s", "10.0.0.2")
@@ -134,7 +139,7 @@ class TestRateLimitedLog(testtools.TestCase):
     def test_keys_are_bounded(self):
         self.useFixture(fixtures.MockPatchObject(ratelimit, "MAX_KEYS", 3))
         self.useFixture(fixtures.MockPatch("time.monotonic", return_value=100.0))
-        limited = ratelimit.RateLimitedLog(logging.getLogger("t"), interval_s=60)
+        limited = ratelimit.RateLimitedLog(logging.getLogger(LOGGER), interval_s=60)
         for n in range(10):
             limited.warning(f"k{n}", "x")
         self.assertLessEqual(len(limited._last), 3)
