@@ -361,19 +361,25 @@ static int pump(struct channel *ch)
     return 0;
 }
 
-static int open_agent_port(void)
+/* The /dev node of the first device of sysfs class folder `class_dir` whose
+ * entry starts with `prefix` and whose `name_file` reads `wanted`, or -1. */
+static int open_device_named(const char *class_dir, const char *prefix,
+                             const char *name_file, const char *wanted,
+                             const char *dev_dir, int flags)
 {
-    DIR *d = opendir("/sys/class/virtio-ports");
+    DIR *d = opendir(class_dir);
     struct dirent *e;
     int fd = -1;
     while (d && (e = readdir(d))) {
         char path[300], name[128];
-        snprintf(path, sizeof(path), "/sys/class/virtio-ports/%s/name", e->d_name);
-        read_first_line(path, name, sizeof(name));
-        if (strcmp(name, PORT_NAME))
+        if (strncmp(e->d_name, prefix, strlen(prefix)))
             continue;
-        snprintf(path, sizeof(path), "/dev/%s", e->d_name);
-        fd = open(path, O_RDWR | O_NONBLOCK | O_CLOEXEC);
+        snprintf(path, sizeof(path), "%s/%s/%s", class_dir, e->d_name, name_file);
+        read_first_line(path, name, sizeof(name));
+        if (strcmp(name, wanted))
+            continue;
+        snprintf(path, sizeof(path), "%s/%s", dev_dir, e->d_name);
+        fd = open(path, flags | O_NONBLOCK | O_CLOEXEC);
         break;
     }
     if (d)
@@ -381,28 +387,18 @@ static int open_agent_port(void)
     return fd;
 }
 
-/* The evdev node of the ACPI power button (its input device is named so by
- * the kernel's button driver), or -1. */
+static int open_agent_port(void)
+{
+    return open_device_named("/sys/class/virtio-ports", "", "name", PORT_NAME, "/dev",
+                             O_RDWR);
+}
+
+/* The evdev node of the ACPI power button (the kernel's button driver names
+ * its input device so), or -1. */
 static int open_power_button(void)
 {
-    DIR *d = opendir("/sys/class/input");
-    struct dirent *e;
-    int fd = -1;
-    while (d && (e = readdir(d))) {
-        char path[300], name[128];
-        if (strncmp(e->d_name, "event", 5))
-            continue;
-        snprintf(path, sizeof(path), "/sys/class/input/%s/device/name", e->d_name);
-        read_first_line(path, name, sizeof(name));
-        if (strcmp(name, "Power Button"))
-            continue;
-        snprintf(path, sizeof(path), "/dev/input/%s", e->d_name);
-        fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
-        break;
-    }
-    if (d)
-        closedir(d);
-    return fd;
+    return open_device_named("/sys/class/input", "event", "device/name", "Power Button",
+                             "/dev/input", O_RDONLY);
 }
 
 static void on_power_button(int fd)
