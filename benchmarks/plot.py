@@ -13,6 +13,18 @@ from benchmarks import report
 PLOTS_DIR = os.path.join(report.RECORDED_DIR, "plots")
 
 
+def _by_count(axis: Any, counts: list[int], ylabel: str) -> None:
+    """An axis over the burst sizes (log scale, a tick per N) with its legend."""
+    axis.set(
+        xlabel="VMs launched at once",
+        ylabel=ylabel,
+        xscale="log",
+        xticks=counts,
+        xticklabels=[str(c) for c in counts],
+    )
+    axis.legend(fontsize="small")
+
+
 def burst(result: dict[str, Any], axes: Any) -> None:
     rows = result["result"]["rows"]
     counts = [r["count"] for r in rows]
@@ -27,25 +39,11 @@ def burst(result: dict[str, Any], axes: Any) -> None:
         points = [(r["count"], r[key]) for r in rows if key in r]
         left.plot(*zip(*points, strict=True), marker="o", label=label)
     left.plot(counts, [r["guest_memory_mib"] for r in rows], "k--", label="guest memory seen")
-    left.set(
-        xlabel="VMs launched at once",
-        ylabel="host MiB (PSS)",
-        xscale="log",
-        xticks=counts,
-        xticklabels=[str(c) for c in counts],
-    )
-    left.legend(fontsize="small")
+    _by_count(left, counts, "host MiB (PSS)")
     for key, label in (("clone_all_ready_ms", "clones"), ("eager_all_ready_ms", "eager")):
         points = [(r["count"], r[key] / 1000) for r in rows if key in r]
         right.plot(*zip(*points, strict=True), marker="o", label=label)
-    right.set(
-        xlabel="VMs launched at once",
-        ylabel="s until all run their agent",
-        xscale="log",
-        xticks=counts,
-        xticklabels=[str(c) for c in counts],
-    )
-    right.legend(fontsize="small")
+    _by_count(right, counts, "s until all run their agent")
 
 
 def remote(result: dict[str, Any], axes: Any) -> None:

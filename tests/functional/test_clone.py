@@ -11,6 +11,7 @@ from nova_clonedriver.demo import agent as agent_mod
 from nova_clonedriver.demo import testguest
 from nova_clonedriver.engine import api
 from nova_clonedriver.engine import hostmem
+from nova_clonedriver.engine import qemuimg
 from tests.functional import base
 
 CLONES = 3
@@ -67,17 +68,9 @@ class TestBlessAndLaunch(base.LibvirtTestCase):
     def test_master_writes_to_a_new_overlay_and_the_old_image_is_frozen(self):
         now = self._disk_source(self.master)
         self.assertNotEqual(self.master_disk_before, now)
-        info = json.loads(
-            subprocess.run(
-                ["qemu-img", "info", "-U", "--output=json", now],
-                check=True,
-                capture_output=True,
-                text=True,
-            ).stdout
-        )
         # The old image is the new one's backing file, read-only to everyone,
         # and the generation's base is the same file.
-        frozen = info["backing-filename"]
+        frozen = qemuimg.backing_file(now)
         self.assertEqual(self.master_disk_before, frozen)
         [disk] = self.generation.disks
         self.assertEqual(os.stat(frozen).st_ino, os.stat(self.generation.disk_base(disk)).st_ino)
@@ -136,16 +129,9 @@ class TestBlessAndLaunch(base.LibvirtTestCase):
             macs.update(m.get("address") for m in root.findall("devices/interface/mac"))
             overlay = root.find("devices/disk/source").get("file")
             self.assertEqual(self.engine.store.clone_dir(clone.uuid), os.path.dirname(overlay))
-            info = json.loads(
-                subprocess.run(
-                    ["qemu-img", "info", "-U", "--output=json", overlay],
-                    check=True,
-                    capture_output=True,
-                    text=True,
-                ).stdout
-            )
             self.assertEqual(
-                self.generation.disk_base(self.generation.disks[0]), info["backing-filename"]
+                self.generation.disk_base(self.generation.disks[0]),
+                qemuimg.backing_file(overlay),
             )
             overlay_inodes.add(os.stat(overlay).st_ino)  # a copy each, not a link
         self.assertEqual(CLONES, len(overlay_inodes))

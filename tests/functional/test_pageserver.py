@@ -30,6 +30,7 @@ from nova_clonedriver.demo import pki as pki_mod
 from nova_clonedriver.demo import testguest
 from nova_clonedriver.engine import api
 from nova_clonedriver.engine import native
+from nova_clonedriver.engine import qemuimg
 from nova_clonedriver.pageserver import control
 from nova_clonedriver.pageserver import peer as peer_mod
 from nova_clonedriver.pageserver import protocol
@@ -126,14 +127,7 @@ class TestPageService(base.LibvirtTestCase):
 
         # The clone's disk is an overlay on the frozen base, read through B.
         overlay = os.path.join(self.engine_b.store.clone_dir(first.uuid), "vda.qcow2")
-        backing = json.loads(
-            subprocess.run(
-                ["qemu-img", "info", "-U", "--output=json", overlay],
-                check=True,
-                capture_output=True,
-                text=True,
-            ).stdout
-        )["backing-filename"]
+        backing = qemuimg.backing_file(overlay)
         self.assertEqual(
             self.node_b.mount_path(generation.id, "vda.qcow2"), os.path.realpath(backing)
         )
