@@ -143,8 +143,8 @@ class TestCloneDriver(base.LibvirtTestCase):
         )
         return image_id
 
-    def _spawn(self, instance):
-        self.driver.spawn(
+    def _spawn(self, instance, driver=None):
+        (driver or self.driver).spawn(
             self.context,
             instance,
             objects.ImageMeta.from_dict({}),
@@ -517,15 +517,7 @@ class TestCloneDriver(base.LibvirtTestCase):
         clone = self._instance(
             2, 256, {"clone:enabled": "true", "clone:prefetch": "working-set"}, image_id
         )
-        driver_b.spawn(
-            self.context,
-            clone,
-            objects.ImageMeta.from_dict({}),
-            injected_files=[],
-            admin_password=None,
-            allocations={},
-            network_info=[],
-        )
+        self._spawn(clone, driver_b)
         self.addCleanup(driver_b.destroy, self.context, clone, [])
         agent = testguest.agent_in(os.path.join(self.instances_path, clone.uuid))
         self.addCleanup(agent.close)
@@ -567,15 +559,7 @@ class TestCloneDriver(base.LibvirtTestCase):
         )
         self.assertNotIn(generation.id, driver_b.clone_engine.store.generation_ids())
         clone = self._instance(7, 256, {"clone:enabled": "true"}, image_id)
-        driver_b.spawn(
-            self.context,
-            clone,
-            objects.ImageMeta.from_dict({}),
-            injected_files=[],
-            admin_password=None,
-            allocations={},
-            network_info=[],
-        )
+        self._spawn(clone, driver_b)
 
         # Host B's page service down: nova is told to try another host.
         driver_b.destroy(self.context, clone, [])
