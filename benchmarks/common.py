@@ -108,7 +108,7 @@ class Bench:
         for path in (STATE_DIR, self.state_dir):
             os.chmod(path, 0o711)
         self.engine = api.CloneEngine(
-            self.conn, self.state_dir, launch_parallelism=LAUNCH_PARALLELISM
+            self.conn, self.state_dir, launch_options=api.LaunchOptions(LAUNCH_PARALLELISM)
         )
 
     def close(self) -> None:

@@ -119,8 +119,7 @@ def burst_density(
         small_tb = api.CloneEngine(
             bench.conn,
             bench.state_dir,
-            launch_parallelism=common.LAUNCH_PARALLELISM,
-            tcg_tb_cache_mib=tcg_tb_cache_mib,
+            launch_options=api.LaunchOptions(common.LAUNCH_PARALLELISM, tcg_tb_cache_mib),
         )
         for count in counts:
             row: dict[str, Any] = {"count": count, "guest_memory_mib": count * memory_mib}

@@ -269,8 +269,7 @@ class CloneApp(app.App):
             self.connection(),
             CONF.clone.state_dir,
             bless_options=api.BlessOptions.from_group(CONF.clone),
-            launch_parallelism=CONF.clone.launch_parallelism,
-            tcg_tb_cache_mib=CONF.clone.tcg_tb_cache_mib,
+            launch_options=api.LaunchOptions.from_group(CONF.clone),
         )
 
     def fail(self, message: str) -> int:

@@ -68,6 +68,18 @@ OPTS = [
         "speed: 8 saved 16 MiB per clone and made re-reading 1 GiB 1.5 "
         "times slower. KVM clones have no translation cache.",
     ),
+    cfg.IntOpt(
+        "agent_timeout_s",
+        default=60,
+        min=1,
+        help="How long a clone's qemu-guest-agent (masters that run one) "
+        "may take to answer after the clone's restore; launch then sets "
+        "the clone's clock and hostname through it, and reseeds its RNG "
+        "when the guest's kernel ignores the VM generation ID. A clone "
+        "whose RNG must be reseeded and whose agent does not answer is "
+        "destroyed; one that only keeps its master's clock and hostname "
+        "runs on, with an error in the log.",
+    ),
     cfg.FloatOpt(
         "live_clone_weight_multiplier",
         default=10.0,

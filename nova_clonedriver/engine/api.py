@@ -23,9 +23,11 @@ BlessError = bless_mod.BlessError
 BlessOptions = bless_mod.BlessOptions
 current_top = bless_mod.current_top
 NoGenerationID = bless_mod.NoGenerationID
+NoFreshRandomness = bless_mod.NoFreshRandomness
 LaunchError = launch_mod.LaunchError
 Clone = launch_mod.Clone
 CloneSpec = launch_mod.CloneSpec
+LaunchOptions = launch_mod.LaunchOptions
 Generation = store_mod.Generation
 GenerationNotFound = store_mod.GenerationNotFound
 GenerationInUse = store_mod.GenerationInUse
@@ -56,19 +58,15 @@ class CloneEngine:
         conn: libvirt.virConnect,
         state_dir: str,
         bless_options: BlessOptions | None = None,
-        launch_parallelism: int = 8,
+        launch_options: LaunchOptions | None = None,
         chown: Callable[[str, int, int], None] = os.chown,
-        tcg_tb_cache_mib: int = 0,
     ) -> None:
-        """``chown``: how to give files to QEMU's user (privileged).
-        ``tcg_tb_cache_mib``: the translation cache of TCG clones (0:
-        QEMU's default, which grows as the guest runs code)."""
+        """``chown``: how to give files to QEMU's user (privileged)."""
         self.conn = conn
         self.store = store_mod.SnapshotStore(state_dir)
         self._bless_options = bless_options or BlessOptions()
-        self._parallelism = launch_parallelism
+        self._launch_options = launch_options or LaunchOptions()
         self._chown = chown
-        self._tcg_tb_cache_mib = tcg_tb_cache_mib
 
     def bless(self, domain_name: str, bound_to: dict[str, str] | None = None) -> Generation:
         """``bound_to``: what the caller binds the generation to (kept in it,
@@ -92,10 +90,9 @@ class CloneEngine:
             generation_id,
             count,
             name_prefix,
-            self._parallelism,
             specs,
             on_clone_started,
-            self._tcg_tb_cache_mib,
+            self._launch_options,
         )
 
     def generations(self) -> list[Generation]:

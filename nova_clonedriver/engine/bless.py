@@ -47,10 +47,12 @@ import time
 from typing import Any
 from typing import BinaryIO
 import uuid
+import xml.etree.ElementTree as ET
 
 import libvirt
 
 from nova_clonedriver.engine import domainxml
+from nova_clonedriver.engine import guestagent
 from nova_clonedriver.engine import hostinfo
 from nova_clonedriver.engine import memimage
 from nova_clonedriver.engine import migstream
@@ -76,6 +78,11 @@ class BlessError(RuntimeError):
 
 class NoGenerationID(BlessError):
     """The domain has no VM generation ID, and the caller requires one."""
+
+
+class NoFreshRandomness(BlessError):
+    """The guest's kernel ignores the VM generation ID and its agent cannot
+    reseed it: every clone would draw its master's random numbers."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,6 +187,8 @@ def bless(
         raise BlessError(f"cannot bless {domain_name!r}: {exc}") from exc
     for disk in disks:
         _check_backing(disk, options.max_disk_layers)
+    guest_agent = domainxml.has_agent_channel(root)
+    agent_reseeds_rng = guest_agent and _agent_must_reseed(domain, root)
 
     generation_id = uuid.uuid4().hex
     layers = [_DiskLayers.plan(disk, generation_id) for disk in disks]
@@ -216,12 +225,20 @@ def bless(
             has_genid=domainxml.has_genid(root),
             bound_to=dict(bound_to or {}),
             access_key=secrets.token_hex(32),
+            guest_agent=guest_agent,
+            agent_reseeds_rng=agent_reseeds_rng,
         )
         store.publish(generation, workdir)
     except BaseException:
         store.discard_partial(workdir)
         raise
-    if not generation.has_genid:
+    if agent_reseeds_rng:
+        LOG.info(
+            "The kernel of %s ignores the VM generation ID: its guest agent "
+            "will reseed each clone's RNG",
+            domain_name,
+        )
+    elif not generation.has_genid:
         LOG.warning(
             "Domain %s has no <genid/>: its clones cannot be told they "
             "are clones and will share RNG state",
@@ -238,6 +255,34 @@ def bless(
         len(chunks),
     )
     return generation
+
+
+def _agent_must_reseed(domain: libvirt.virDomain, root: ET.Element) -> bool:
+    """Whether clones need their RNG reseeded through the guest agent (the
+    kernel ignores the generation ID); checks that the agent answers, and
+    that it can reseed by doing so once on the master (harmless there)."""
+    agent = guestagent.GuestAgent(domain)
+    name = domain.name()
+    try:
+        agent.command("guest-ping")
+    except guestagent.AgentError as exc:
+        raise BlessError(
+            f"domain {name!r} has a guest agent channel but its agent does not "
+            f"answer ({exc}): its clones could not be given their own clock, "
+            "hostname and randomness; bless it once qemu-guest-agent runs"
+        ) from exc
+    if domainxml.has_genid(root) and agent.kernel_uses_genid():
+        return False
+    try:
+        agent.reseed_rng()
+    except guestagent.AgentError as exc:
+        raise NoFreshRandomness(
+            f"the kernel of {name!r} ignores the VM generation ID and its guest "
+            f"agent cannot reseed its RNG ({exc}): every clone would draw the "
+            "master's random numbers (give the guest a kernel with "
+            "CONFIG_VMGENID, or perl and guest-exec for the agent)"
+        ) from exc
+    return True
 
 
 def _migrate(

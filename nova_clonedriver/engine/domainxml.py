@@ -10,6 +10,7 @@ replace the one libvirt generates.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import random
@@ -17,6 +18,10 @@ import xml.etree.ElementTree as ET
 
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
 CLONE_RAM_BACKEND_ID = "clone-ram"
+AGENT_CHANNEL_NAME = "org.qemu.guest_agent.0"
+# What a master's NIC keeps in a clone's restore XML: what the guest's
+# device state must find again, and nothing that connects it anywhere.
+_ISOLATED_NIC_KEEPS = ("mac", "model", "driver", "address", "alias", "mtu", "rom", "boot")
 ET.register_namespace("qemu", QEMU_NS)
 
 _MEMORY_UNITS = {
@@ -89,6 +94,15 @@ def has_genid(root: ET.Element) -> bool:
     return root.find("genid") is not None
 
 
+def has_agent_channel(root: ET.Element) -> bool:
+    """Whether the domain has qemu-guest-agent's channel (nova adds it for
+    images with hw_qemu_guest_agent=yes)."""
+    return any(
+        target.get("name") == AGENT_CHANNEL_NAME
+        for target in root.iterfind("devices/channel/target")
+    )
+
+
 def is_clone(root: ET.Element) -> bool:
     """Whether the domain runs from a generation's memory image."""
     return any(
@@ -118,8 +132,10 @@ def clone_xml(
     size_bytes: int,
     tcg_tb_cache_mib: int = 0,
 ) -> str:
-    """The restore XML of one clone (its NICs still carry the master's MACs:
-    the device state does too; launch swaps them once the clone runs).
+    """The restore XML of one clone. Its NICs are the master's, with the
+    master's MACs (the device state has them too), but connected to nothing
+    and with their link down: launch swaps them for the clone's own once it
+    runs, and until then the clone must not talk with its master's address.
 
     Without ``memory_image`` the clone keeps libvirt's anonymous RAM and
     must be restored from a full stream: an eager copy (the benchmarks'
@@ -158,11 +174,26 @@ def clone_xml(
                         source.set("path", _moved(source.get("path", ""), identity))
             for log in device.findall("log"):
                 log.set("file", _moved(log.get("file", ""), identity))
+    devices = root.find("devices")
+    for index, interface in enumerate(list(devices if devices is not None else [])):
+        if interface.tag == "interface":
+            devices[index] = _isolated(interface)  # type: ignore[index]
     if memory_image is not None:
         _add_memory_backend(root, memory_image, size_bytes)
     if tcg_tb_cache_mib and root.get("type") == "qemu":
         _set_tb_cache(root, tcg_tb_cache_mib)
     return to_string(root)
+
+
+def _isolated(interface: ET.Element) -> ET.Element:
+    """The NIC as the same device on an unconnected tap. A tap offers every
+    virtio-net feature a bridge, user or direct backend does, so the
+    master's negotiated features still load."""
+    isolated = ET.Element("interface", type="ethernet")
+    for tag in _ISOLATED_NIC_KEEPS:
+        isolated.extend(copy.deepcopy(element) for element in interface.findall(tag))
+    ET.SubElement(isolated, "link", state="down")
+    return isolated
 
 
 def _set_tb_cache(root: ET.Element, size_mib: int) -> None:

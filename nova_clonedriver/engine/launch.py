@@ -6,7 +6,9 @@ RAM is the generation's memory image mapped privately, so nothing is copied
 at launch and untouched pages stay shared between clones. Once it runs, its
 NICs are swapped for ones with its own MAC (the guest kept the master's in
 its memory), and its new VM generation ID has already told the guest to
-reseed its RNG.
+reseed its RNG. Where the master ran qemu-guest-agent, the clone's clock,
+hostname and (for a kernel that ignores the generation ID) RNG are set
+through it before its own NICs are plugged.
 """
 
 from __future__ import annotations
@@ -21,11 +23,13 @@ import logging
 import os
 import shutil
 import time
+from typing import Any
 import uuid
 
 import libvirt
 
 from nova_clonedriver.engine import domainxml
+from nova_clonedriver.engine import guestagent
 from nova_clonedriver.engine import memimage
 from nova_clonedriver.engine import qemuimg
 from nova_clonedriver.engine import savefile
@@ -63,6 +67,28 @@ class CloneSpec:
     # server has no domain but is no less there): the engine never reaps
     # the clone and, when it frees it, removes only the files it made.
     caller_managed: bool = False
+    # Set in the guest through its agent, if it has one (None: left as the
+    # master's).
+    hostname: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class LaunchOptions:
+    parallelism: int = 8  # clones started at the same time
+    # The translation cache of TCG clones, see domainxml.clone_xml (0:
+    # QEMU's default, which grows as the guest runs code).
+    tcg_tb_cache_mib: int = 0
+    # How long a clone's guest agent may take to answer after its restore.
+    agent_timeout_s: float = 60.0
+
+    @classmethod
+    def from_group(cls, group: Any) -> LaunchOptions:
+        """From the ``[clone]`` options (``CONF.clone``) of nova-clone or nova."""
+        return cls(
+            parallelism=group.launch_parallelism,
+            tcg_tb_cache_mib=group.tcg_tb_cache_mib,
+            agent_timeout_s=group.agent_timeout_s,
+        )
 
 
 @dataclasses.dataclass
@@ -83,13 +109,12 @@ def launch(
     generation_id: str,
     count: int = 1,
     name_prefix: str | None = None,
-    max_parallel: int = 8,
     specs: list[CloneSpec] | None = None,
     on_clone_started: Callable[[Clone], None] | None = None,
-    tcg_tb_cache_mib: int = 0,
+    options: LaunchOptions | None = None,
 ) -> list[Clone]:
-    """Start ``count`` clones of the generation (or one per spec), up to
-    ``max_parallel`` at once (``tcg_tb_cache_mib``: see domainxml.clone_xml).
+    """Start ``count`` clones of the generation (or one per spec),
+    ``options.parallelism`` at a time.
 
     ``on_clone_started`` is called (in the caller's thread) with each clone
     as soon as it runs, in the order they come up; the result keeps the
@@ -103,10 +128,10 @@ def launch(
     if specs is None:
         prefix = name_prefix or f"{generation.source_domain}-clone"
         specs = [_engine_spec(store, prefix) for _ in range(count)]
-    with concurrent.futures.ThreadPoolExecutor(min(count, max_parallel)) as pool:
+    options = options or LaunchOptions()
+    with concurrent.futures.ThreadPoolExecutor(min(count, options.parallelism)) as pool:
         futures = [
-            pool.submit(_launch_one, conn, store, generation, spec, tcg_tb_cache_mib)
-            for spec in specs
+            pool.submit(_launch_one, conn, store, generation, spec, options) for spec in specs
         ]
         if on_clone_started is not None:
             for future in concurrent.futures.as_completed(futures):
@@ -176,8 +201,12 @@ def verify(generation: store_mod.Generation) -> None:
 
 def _engine_spec(store: store_mod.SnapshotStore, prefix: str) -> CloneSpec:
     clone_uuid = str(uuid.uuid4())
+    name = f"{prefix}-{clone_uuid[:8]}"
     return CloneSpec(
-        name=f"{prefix}-{clone_uuid[:8]}", uuid=clone_uuid, directory=store.clone_dir(clone_uuid)
+        name=name,
+        uuid=clone_uuid,
+        directory=store.clone_dir(clone_uuid),
+        hostname=name if guestagent.is_valid_hostname(name) else None,
     )
 
 
@@ -186,7 +215,7 @@ def _launch_one(
     store: store_mod.SnapshotStore,
     generation: store_mod.Generation,
     spec: CloneSpec,
-    tcg_tb_cache_mib: int,
+    options: LaunchOptions,
 ) -> Clone:
     started = time.monotonic()
     clone_uuid, directory = spec.uuid, spec.directory
@@ -222,7 +251,7 @@ def _launch_one(
             identity,
             generation.memory_image,
             generation.memory_bytes,
-            tcg_tb_cache_mib,
+            options.tcg_tb_cache_mib,
         )
         save_path = os.path.join(directory, RESTORE_FILE)
         with open(save_path, "wb") as save, open(generation.device_stream, "rb") as stream:
@@ -236,14 +265,19 @@ def _launch_one(
         domain = conn.lookupByUUIDString(clone_uuid)
         restored_at = time.monotonic()
         restore_ms = (restored_at - started) * 1000
-        ref.mac_addresses = _swap_nics(domain, spec.interfaces)
+        _unplug_master_nics(domain)
+        if generation.guest_agent:
+            _set_identity(domain, generation, spec, options.agent_timeout_s)
+        agent_done_at = time.monotonic()
+        ref.mac_addresses = _plug_nics(domain, generation, spec.interfaces)
         phases_ms = {
             name: round((end - begin) * 1000, 1)
             for name, begin, end in [
                 ("overlays", started, overlays_at),
                 ("save_image", overlays_at, saved_at),
                 ("libvirt_restore", saved_at, restored_at),
-                ("nic_swap", restored_at, time.monotonic()),
+                ("guest_agent", restored_at, agent_done_at),
+                ("nic_swap", agent_done_at, time.monotonic()),
             ]
         }
         LOG.debug(
@@ -309,24 +343,75 @@ def remove_clone_files(ref: store_mod.CloneReference) -> None:
             os.unlink(path)
 
 
-def _swap_nics(domain: libvirt.virDomain, replacements: list[str] | None) -> list[str]:
-    """Unplug the master's NICs and plug the clone's own: ``replacements``,
-    or else copies of the master's with new MACs. Returns the new MACs.
-
-    The unplug is asynchronous (the guest acknowledges it a moment later),
-    so the new NICs are plugged without waiting for the old ones to go."""
-    live = domainxml.parse(domain.XMLDesc(0))
-    masters = domainxml.interfaces(live)
-    if replacements is None:
-        replacements = [domainxml.interface_with_mac(i, domainxml.random_mac()) for i in masters]
-    for interface in masters:
+def _unplug_master_nics(domain: libvirt.virDomain) -> None:
+    """Unplug the master's NICs (isolated in the restore XML). The unplug is
+    asynchronous (the guest acknowledges it a moment later): the clone's own
+    NICs are plugged without waiting for the old ones to go."""
+    for interface in domainxml.interfaces(domainxml.parse(domain.XMLDesc(0))):
         alias = interface.find("alias")
         if alias is None:
             raise LaunchError(f"NIC {domainxml.to_string(interface)!r} has no alias")
         domain.detachDeviceAlias(alias.get("name"), libvirt.VIR_DOMAIN_AFFECT_LIVE)
+
+
+def _plug_nics(
+    domain: libvirt.virDomain, generation: store_mod.Generation, replacements: list[str] | None
+) -> list[str]:
+    """Plug the clone's own NICs: ``replacements``, or else copies of the
+    master's with new MACs. Returns their MACs."""
+    if replacements is None:
+        replacements = [
+            domainxml.interface_with_mac(i, domainxml.random_mac())
+            for i in domainxml.interfaces(domainxml.parse(generation.domain_xml))
+        ]
     for interface_xml in replacements:
         domain.attachDeviceFlags(interface_xml, libvirt.VIR_DOMAIN_AFFECT_LIVE)
     return [domainxml.mac_of(xml) for xml in replacements]
+
+
+def _set_identity(
+    domain: libvirt.virDomain,
+    generation: store_mod.Generation,
+    spec: CloneSpec,
+    agent_timeout_s: float,
+) -> None:
+    """Through the guest agent: fresh randomness where the kernel ignores
+    the generation ID (without it the clone must not run), then the clock
+    and the hostname (without them it runs on, and the log says so)."""
+    agent = guestagent.GuestAgent(domain)
+    steps_s: dict[str, float] = {}
+    try:
+        steps_s["connect"] = agent.wait_connected(agent_timeout_s)
+        if generation.agent_reseeds_rng:
+            steps_s["rng"] = _timed(agent.reseed_rng)
+    except guestagent.AgentError as exc:
+        if generation.agent_reseeds_rng:
+            raise LaunchError(
+                f"its kernel ignores the VM generation ID and its RNG could not be "
+                f"reseeded through the guest agent: {exc}"
+            ) from exc
+        LOG.error("Clone %s keeps its master's clock and hostname: %s", spec.name, exc)
+        return
+    fixes: list[tuple[str, Callable[[], None]]] = [("clock", agent.set_time)]
+    if spec.hostname:
+        hostname = spec.hostname
+        fixes.append(("hostname", lambda: agent.set_hostname(hostname)))
+    for what, fix in fixes:
+        try:
+            steps_s[what] = _timed(fix)
+        except guestagent.AgentError as exc:
+            LOG.error("Clone %s keeps its master's %s: %s", spec.name, what, exc)
+    LOG.debug(
+        "Guest agent of clone %s: %s",
+        spec.name,
+        ", ".join(f"{step} {seconds * 1000:.0f} ms" for step, seconds in steps_s.items()),
+    )
+
+
+def _timed(step: Callable[[], None]) -> float:
+    started = time.monotonic()
+    step()
+    return time.monotonic() - started
 
 
 def destroy_domain(domain: libvirt.virDomain | None) -> None:

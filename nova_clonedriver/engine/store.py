@@ -61,6 +61,11 @@ class Generation:
     # The secret a peer node must present to OPEN the generation: only
     # those who may launch its clones learn it (see doc/source/security.rst).
     access_key: str = ""
+    # The master ran qemu-guest-agent: launch sets each clone's clock and
+    # hostname through it; and, when its kernel ignores the VM generation
+    # ID, reseeds the clone's RNG (see engine/guestagent.py).
+    guest_agent: bool = False
+    agent_reseeds_rng: bool = False
     # Empty for a generation blessed on this node; for one presented here by
     # the page service, the address of the origin node's page service.
     origin: str = ""

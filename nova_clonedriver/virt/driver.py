@@ -102,8 +102,7 @@ class CloneDriver(libvirt_driver.LibvirtDriver):
                 self._host.get_connection(),
                 CONF.clone.state_dir,
                 bless_options=api.BlessOptions.from_group(CONF.clone, require_genid=True),
-                launch_parallelism=CONF.clone.launch_parallelism,
-                tcg_tb_cache_mib=CONF.clone.tcg_tb_cache_mib,
+                launch_options=api.LaunchOptions.from_group(CONF.clone),
                 # nova-compute runs as an unprivileged user in real clouds.
                 chown=nova_privsep_path.chown,
             )
@@ -276,6 +275,7 @@ class CloneDriver(libvirt_driver.LibvirtDriver):
             directory=libvirt_utils.get_instance_path(instance),
             interfaces=interfaces,
             caller_managed=True,
+            hostname=instance.hostname,
         )
         try:
             [launched] = self.clone_engine.launch(generation_id, specs=[spec])

@@ -189,7 +189,9 @@ class TestBlessAndLaunch(base.LibvirtTestCase):
             self.assertLess(entry["private_written_mib"], self.pattern_mib / 4)
 
     def test_a_smaller_translation_cache_changes_no_byte(self):
-        engine = api.CloneEngine(self.conn, self.state_dir, tcg_tb_cache_mib=8)
+        engine = api.CloneEngine(
+            self.conn, self.state_dir, launch_options=api.LaunchOptions(tcg_tb_cache_mib=8)
+        )
         [clone] = engine.launch(self.generation.id, name_prefix=f"{self.prefix}-tb")
         self.addCleanup(engine.destroy_clone, clone.uuid)
         with open(f"/proc/{hostmem.qemu_pid(clone.name)}/cmdline") as f:

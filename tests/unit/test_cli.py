@@ -173,8 +173,9 @@ class TestList(CLITestCase):
             bless_options=api.BlessOptions(
                 downtime_limit_ms=10, timeout_s=300, max_disk_layers=16
             ),
-            launch_parallelism=3,
-            tcg_tb_cache_mib=8,
+            launch_options=api.LaunchOptions(
+                parallelism=3, tcg_tb_cache_mib=8, agent_timeout_s=60
+            ),
         )
 
 
@@ -611,7 +612,7 @@ class TestLaunchCallback(testtools.TestCase):
             return launch_mod.launch(mock.Mock(), self.store, GEN_ID, 3, "t", **kwargs)
 
     def test_called_once_per_started_clone(self):
-        def launch_one(conn, store, generation, spec, tcg_tb_cache_mib):
+        def launch_one(conn, store, generation, spec, options):
             if spec.name == names[1]:
                 raise launch_mod.LaunchError("boom")
             return api.Clone(spec.name, spec.uuid, GEN_ID, [], 1.0, 2.0)
@@ -626,7 +627,7 @@ class TestLaunchCallback(testtools.TestCase):
         self.assertEqual([names[0], names[2]], [c.name for c in error.launched])
 
     def test_failing_callback_loses_no_clone(self):
-        def launch_one(conn, store, generation, spec, tcg_tb_cache_mib):
+        def launch_one(conn, store, generation, spec, options):
             return api.Clone(spec.name, spec.uuid, GEN_ID, [], 1.0, 2.0)
 
         logs = self.useFixture(fixtures.FakeLogger(level=logging.ERROR))

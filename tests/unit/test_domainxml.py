@@ -61,6 +61,11 @@ class TestMasterFacts(testtools.TestCase):
         self.assertEqual(2, domainxml.vcpus(root))
         self.assertTrue(domainxml.has_genid(root))
 
+    def test_guest_agent_channel(self):
+        self.assertFalse(domainxml.has_agent_channel(domainxml.parse(MASTER)))
+        with_agent = MASTER.replace("org.example.0", domainxml.AGENT_CHANNEL_NAME)
+        self.assertTrue(domainxml.has_agent_channel(domainxml.parse(with_agent)))
+
     def test_a_clone_is_told_from_a_master(self):
         self.assertFalse(domainxml.is_clone(domainxml.parse(MASTER)))
         clone = domainxml.clone_xml(MASTER, IDENTITY, "/store/g/memory.img", 256 << 20)
@@ -164,6 +169,29 @@ class TestCloneXML(testtools.TestCase):
         self.assertIsNone(replacement.find("address"))
         self.assertIsNone(replacement.find("alias"))
         self.assertEqual("virtio", replacement.find("model").get("type"))
+
+    def test_masters_nics_are_isolated_until_swapped(self):
+        xml = MASTER.replace(
+            "<interface type='user'>",
+            "<interface type='bridge'><source bridge='br-int'/>"
+            "<virtualport type='openvswitch'/><target dev='tap1'/>",
+        )
+        root = domainxml.parse(domainxml.clone_xml(xml, IDENTITY, None, 256 << 20))
+        [interface] = domainxml.interfaces(root)
+        self.assertEqual("ethernet", interface.get("type"))
+        self.assertEqual("down", interface.find("link").get("state"))
+        # The device the guest's state knows is the same one...
+        self.assertEqual("52:54:00:00:00:01", interface.find("mac").get("address"))
+        self.assertEqual("virtio", interface.find("model").get("type"))
+        self.assertEqual("0x03", interface.find("address").get("slot"))
+        self.assertEqual("net0", interface.find("alias").get("name"))
+        # ... connected to nothing.
+        for gone in ("source", "virtualport", "target"):
+            self.assertIsNone(interface.find(gone), gone)
+        # In the master's place among the devices.
+        devices = [e.tag for e in root.find("devices")]
+        master_devices = [e.tag for e in domainxml.parse(xml).find("devices")]
+        self.assertEqual(master_devices, devices)
 
     def test_random_macs_are_libvirt_style_and_differ(self):
         macs = {domainxml.random_mac() for _ in range(50)}
