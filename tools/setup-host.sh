@@ -1,11 +1,13 @@
 #!/bin/bash
 # Install the Debian packages the project needs and start libvirtd and
-# virtlogd. Idempotent: a second run installs nothing and starts nothing new.
+# virtlogd (mmdebstrap builds the Debian test guest, dnsmasq-base serves DHCP
+# on libvirt's networks). Idempotent: a second run installs nothing and starts nothing new.
 set -euo pipefail
 
 packages=(qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients
           libvirt-dev pkg-config fuse3 libfuse3-dev busybox-static cpio kmod
-          gcc libc6-dev python3-venv shellcheck)
+          gcc libc6-dev python3-venv shellcheck
+          mmdebstrap e2fsprogs dnsmasq-base)
 
 missing=()
 for p in "${packages[@]}"; do

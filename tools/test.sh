@@ -7,8 +7,10 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo" || exit 1
 bash tools/setup-host.sh || exit 1
 bash tools/build-guest.sh || exit 1
+bash tools/build-debian-guest.sh || exit 1
 bash tools/setup-venv.sh || exit 1
 export NOVA_CLONE_GUEST_DIR=$repo/build/guest
+export NOVA_CLONE_DEBIAN_GUEST_DIR=$repo/build/debian-guest
 
 # Static checks: style, types, shell scripts, and the documentation and
 # release notes building without a warning. A check that fails counts as
@@ -26,7 +28,8 @@ check .venv/bin/mypy
 # setup-host.sh installs shellcheck; without it the scripts go unchecked.
 if command -v shellcheck >/dev/null; then
     check shellcheck -x tools/*.sh tools/minicloud tools/minicloud.d/*.sh devstack/plugin.sh devstack/settings \
-        playbooks/clone-smoke/files/*.sh
+        playbooks/clone-smoke/files/*.sh tools/guest-hook/nova-clone-hook \
+        tools/debian-guest/hotplug-dhcp tools/debian-guest/identity.cgi
 else
     echo "shellcheck is not installed: shell scripts not checked"
 fi

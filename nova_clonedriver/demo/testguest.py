@@ -107,6 +107,20 @@ def boot(
     genid: bool = True,
 ) -> tuple[libvirt.virDomain, agent_mod.AgentClient]:
     """Start a transient test guest and wait for its agent."""
+    prepare(workdir, guest_dir, disk_format)
+    domain = conn.createXML(domain_xml(name, memory_mib, workdir, disk_format, genid=genid), 0)
+    client = agent_in(workdir)
+    try:
+        client.wait_ready()
+    except agent_mod.AgentError:
+        domain.destroy()
+        raise
+    return domain, client
+
+
+def prepare(workdir: str, guest_dir: str | None = None, disk_format: str = "qcow2") -> None:
+    """The guest's files in ``workdir`` (domain_xml's): its kernel,
+    initramfs and a new, empty disk."""
     os.makedirs(workdir, exist_ok=True)
     os.chmod(workdir, 0o711)
     _copy_boot_files(guest_dir or guest_dir_default(), workdir)
@@ -118,14 +132,6 @@ def boot(
     subprocess.run(
         ["qemu-img", "create", "-q", "-f", disk_format, disk, f"{DISK_SIZE_MIB}M"], check=True
     )
-    domain = conn.createXML(domain_xml(name, memory_mib, workdir, disk_format, genid=genid), 0)
-    client = agent_in(workdir)
-    try:
-        client.wait_ready()
-    except agent_mod.AgentError:
-        domain.destroy()
-        raise
-    return domain, client
 
 
 def _copy_boot_files(guest_dir: str, workdir: str) -> None:
