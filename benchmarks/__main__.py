@@ -26,7 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run one scenario")
     run.add_argument(
-        "scenario", choices=["start", "burst", "divergence", "pause", "demo", "nova", "remote"]
+        "scenario",
+        choices=["start", "burst", "divergence", "pause", "demo", "nova", "remote", "debian"],
     )
     run.add_argument("--memory-mb", type=int, default=256)
     run.add_argument("--repeat", type=int, default=5, help="start, pause: rounds")
@@ -46,7 +47,10 @@ def main(argv: list[str] | None = None) -> int:
         help="burst: also N clones with this TCG translation cache, in the same run",
     )
     run.add_argument(
-        "--clones", type=int, default=4, help="divergence, demo: clones; nova: servers per request"
+        "--clones",
+        type=int,
+        default=4,
+        help="divergence, demo, debian: clones; nova: servers per request",
     )
     run.add_argument("--percents", type=_ints, default=[1, 10, 50], help="divergence")
     run.add_argument("--sizes", type=_ints, default=[256, 1024], help="pause: MiB list")
@@ -86,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks import remote
 
         data = remote.run(args.memory_mb, args.delays)
+    elif args.scenario == "debian":
+        from benchmarks import debian
+
+        data = debian.run(args.memory_mb, args.clones)
     elif args.scenario == "nova":
         from benchmarks import nova_boot  # eventlet-patches this process
 

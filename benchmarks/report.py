@@ -21,6 +21,7 @@ TITLES = {
     "demo": "The demo",
     "nova": "Through nova",
     "remote": "Remote clones",
+    "debian": "Debian guests: clones against cold boots",
 }
 
 
@@ -224,6 +225,30 @@ def table(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
                 ]
             )
         return header, rows
+    if kind == "debian":
+        clones_s = data["rows"][0]["to_all_http_s"]
+        return (
+            [
+                "method",
+                "guests",
+                "launch s",
+                "to all answering HTTP on their own IP s",
+                "x clones (agent)",
+                f"clock skew s at first answer (generation {data['generation_age_s']} s old)",
+            ],
+            [
+                [
+                    r["method"],
+                    str(data["count"]),
+                    "-" if r["launch_s"] is None else f"{r['launch_s']}",
+                    f"{r['to_all_http_s']}",
+                    f"{r['to_all_http_s'] / clones_s:.2f}",
+                    f"{r['clock_skew_s']['median']:+.1f} "
+                    f"({r['clock_skew_s']['min']:+.1f} to {r['clock_skew_s']['max']:+.1f})",
+                ]
+                for r in data["rows"]
+            ],
+        )
     raise ValueError(f"unknown scenario {kind}")
 
 

@@ -123,25 +123,29 @@ def domain_xml(
 </domain>"""
 
 
-def prepare(workdir: str, flavour: str, guest_dir: str | None = None) -> None:
+def prepare(
+    workdir: str, flavour: str, guest_dir: str | None = None, base: str | None = None
+) -> None:
     """The guest's files in ``workdir``, where QEMU's user can read them: its
-    kernel and initramfs, and a disk of its own on a copy of the built one."""
+    kernel and initramfs, and a disk of its own on a copy of the built one
+    (or on ``base``, another guest's copy: many guests, one copy)."""
     if flavour not in KERNEL_FLAVOURS:
         raise ValueError(f"kernel flavour {flavour!r} is not one of {KERNEL_FLAVOURS}")
     source = guest_dir or guest_dir_default()
     os.makedirs(workdir, exist_ok=True)
     os.chmod(workdir, 0o711)
-    for built, copy in [
-        (f"vmlinuz-{flavour}", "vmlinuz"),
-        (f"initrd-{flavour}", "initrd.img"),
-        ("disk.qcow2", "base.qcow2"),
-    ]:
+    copies = [(f"vmlinuz-{flavour}", "vmlinuz"), (f"initrd-{flavour}", "initrd.img")]
+    if base is None:
+        copies.append(("disk.qcow2", "base.qcow2"))
+    for built, copy in copies:
         path = os.path.join(source, built)
         if not os.path.exists(path):
             raise DebianGuestMissing(f"{path} is missing: run tools/build-debian-guest.sh")
         shutil.copyfile(path, os.path.join(workdir, copy))
-    base, disk = os.path.join(workdir, "base.qcow2"), os.path.join(workdir, "disk.qcow2")
-    os.chmod(base, 0o444)
+    disk = os.path.join(workdir, "disk.qcow2")
+    if base is None:
+        base = os.path.join(workdir, "base.qcow2")
+        os.chmod(base, 0o444)
     subprocess.run(
         ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", base, disk],
         check=True,

@@ -187,9 +187,12 @@ def clone_xml(
 
 def _isolated(interface: ET.Element) -> ET.Element:
     """The NIC as the same device on an unconnected tap. A tap offers every
-    virtio-net feature a bridge, user or direct backend does, so the
-    master's negotiated features still load."""
-    isolated = ET.Element("interface", type="ethernet")
+    virtio-net feature a bridge or direct backend does, so the master's
+    negotiated features still load. User-mode networking (slirp) stays: its
+    state is in the device stream, and it is a NAT private to the clone's
+    QEMU, not its master's network."""
+    kind = "user" if interface.get("type") == "user" else "ethernet"
+    isolated = ET.Element("interface", type=kind)
     for tag in _ISOLATED_NIC_KEEPS:
         isolated.extend(copy.deepcopy(element) for element in interface.findall(tag))
     ET.SubElement(isolated, "link", state="down")

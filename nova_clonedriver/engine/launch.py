@@ -99,7 +99,8 @@ class Clone:
     mac_addresses: list[str]
     restore_ms: float  # launch call to the clone's guest running
     ready_ms: float  # ... and to its new NICs plugged (old ones leave when the guest acks)
-    # Where ready_ms went: overlays, save_image, libvirt_restore, nic_swap.
+    # Where ready_ms went: overlays, save_image, libvirt_restore,
+    # guest_agent (masters with qemu-guest-agent), nic_swap.
     phases_ms: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
@@ -266,20 +267,19 @@ def _launch_one(
         restored_at = time.monotonic()
         restore_ms = (restored_at - started) * 1000
         _unplug_master_nics(domain)
+        unplugged_at = time.monotonic()
         if generation.guest_agent:
             _set_identity(domain, generation, spec, options.agent_timeout_s)
         agent_done_at = time.monotonic()
         ref.mac_addresses = _plug_nics(domain, generation, spec.interfaces)
-        phases_ms = {
-            name: round((end - begin) * 1000, 1)
-            for name, begin, end in [
-                ("overlays", started, overlays_at),
-                ("save_image", overlays_at, saved_at),
-                ("libvirt_restore", saved_at, restored_at),
-                ("guest_agent", restored_at, agent_done_at),
-                ("nic_swap", agent_done_at, time.monotonic()),
-            ]
+        phases_s = {
+            "overlays": overlays_at - started,
+            "save_image": saved_at - overlays_at,
+            "libvirt_restore": restored_at - saved_at,
+            **({"guest_agent": agent_done_at - unplugged_at} if generation.guest_agent else {}),
+            "nic_swap": (unplugged_at - restored_at) + (time.monotonic() - agent_done_at),
         }
+        phases_ms = {name: round(seconds * 1000, 1) for name, seconds in phases_s.items()}
         LOG.debug(
             "Start of clone %s: %s",
             identity.name,

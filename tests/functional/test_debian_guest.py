@@ -90,6 +90,8 @@ class TestClonesOfDebian(DebianClonesTestCase):
     def test_bless_found_the_agent_and_the_kernels_genid_driver(self):
         self.assertTrue(self.generation.guest_agent)
         self.assertFalse(self.generation.agent_reseeds_rng)
+        for clone in self.clones:
+            self.assertGreater(clone.phases_ms["guest_agent"], 0)
 
     def test_each_clone_leases_its_own_address_and_answers_on_it(self):
         self.assertEqual(2, len(set(self.addresses)))

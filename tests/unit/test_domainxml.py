@@ -193,6 +193,14 @@ class TestCloneXML(testtools.TestCase):
         master_devices = [e.tag for e in domainxml.parse(xml).find("devices")]
         self.assertEqual(master_devices, devices)
 
+    def test_user_mode_networking_stays_with_its_link_down(self):
+        # slirp's state is in the device stream: the clone needs one to load.
+        root = domainxml.parse(domainxml.clone_xml(MASTER, IDENTITY, None, 256 << 20))
+        [interface] = domainxml.interfaces(root)
+        self.assertEqual("user", interface.get("type"))
+        self.assertEqual("down", interface.find("link").get("state"))
+        self.assertEqual("52:54:00:00:00:01", interface.find("mac").get("address"))
+
     def test_random_macs_are_libvirt_style_and_differ(self):
         macs = {domainxml.random_mac() for _ in range(50)}
         self.assertGreater(len(macs), 45)
