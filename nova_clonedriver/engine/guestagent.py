@@ -57,6 +57,13 @@ def is_valid_hostname(name: str) -> bool:
     return len(name) <= 253 and all(_HOSTNAME_LABEL.match(label) for label in name.split("."))
 
 
+def _guest_text(text: str, limit: int = 300) -> str:
+    """What a guest says, fit for a log line: printable, one line, short
+    (the guest is the tenant's, and may lie or forge log lines)."""
+    printable = "".join(c if c.isprintable() else " " for c in text)
+    return " ".join(printable.split())[:limit]
+
+
 def _message(exc: libvirt.libvirtError) -> str:
     return exc.get_error_message() or str(exc)
 
@@ -78,7 +85,21 @@ class GuestAgent:
             )
         except libvirt.libvirtError as exc:
             raise AgentError(f"guest agent {name}: {_message(exc)}") from exc
-        return json.loads(raw).get("return")
+        try:
+            reply = json.loads(raw)
+        except ValueError as exc:
+            raise AgentError(f"guest agent {name}: a reply that is not JSON") from exc
+        if not isinstance(reply, dict):
+            raise AgentError(f"guest agent {name}: a reply that is not a JSON object")
+        return reply.get("return")
+
+    def _object(self, name: str, **arguments: Any) -> dict[str, Any]:
+        """A command whose reply must be an object (the guest, not we,
+        decides what comes back: check before use)."""
+        reply = self.command(name, **arguments)
+        if not isinstance(reply, dict):
+            raise AgentError(f"guest agent {name}: unexpected reply {_guest_text(str(reply))!r}")
+        return reply
 
     def wait_connected(self, timeout_s: float) -> float:
         """Wait until the agent answers; returns the seconds it took. A
@@ -103,21 +124,27 @@ class GuestAgent:
         arguments: dict[str, Any] = {"path": path, "arg": args, "capture-output": True}
         if stdin:
             arguments["input-data"] = base64.b64encode(stdin).decode()
-        pid = self.command("guest-exec", **arguments)["pid"]
+        pid = self._object("guest-exec", **arguments).get("pid")
+        if not isinstance(pid, int):
+            raise AgentError(f"guest agent guest-exec: no process id for {path}")
         deadline = time.monotonic() + self._timeout_s
         while True:
-            status = self.command("guest-exec-status", pid=pid)
+            status = self._object("guest-exec-status", pid=pid)
             if status.get("exited"):
                 break
             if time.monotonic() > deadline:
                 raise AgentError(f"{path} in the guest did not exit in {self._timeout_s} s")
             time.sleep(_POLL_INTERVAL_S)
-        output = base64.b64decode(status.get("out-data", ""))
+        try:
+            output = base64.b64decode(str(status.get("out-data", "")), validate=True)
+            errors = base64.b64decode(str(status.get("err-data", "")), validate=True)
+        except ValueError as exc:
+            raise AgentError(f"guest agent guest-exec-status: bad output of {path}") from exc
         if status.get("exitcode") != 0:
-            errors = base64.b64decode(status.get("err-data", "")).decode(errors="replace")
             raise AgentError(
-                f"{path} in the guest failed (exit code {status.get('exitcode')}, "
-                f"signal {status.get('signal')}): {errors.strip()}"
+                f"{path} in the guest failed (exit code "
+                f"{_guest_text(str(status.get('exitcode')))}): "
+                f"{_guest_text(errors.decode(errors='replace'))}"
             )
         return output
 

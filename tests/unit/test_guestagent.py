@@ -77,6 +77,32 @@ class TestGuestAgent(testtools.TestCase):
         self.assertIn("exit code 2", str(error))
         self.assertIn("RNDRESEEDCRNG: Operation not permitted", str(error))
 
+    def test_a_hostile_or_broken_agent_gets_an_agent_error(self):
+        """Whatever the guest answers, launch sees an AgentError (and logs
+        at most one short printable line of it)."""
+        replies = {
+            "not json": "}{",
+            "not an object": "[1, 2]",
+            "no pid": json.dumps({"return": {"pid": "1; reboot"}}),
+            "bad base64": json.dumps(
+                {"return": {"exited": True, "exitcode": 0, "out-data": "@@@"}}
+            ),
+        }
+        for reply in replies.values():
+
+            def answer(domain, payload, timeout, flags, reply=reply):
+                if json.loads(payload)["execute"] == "guest-exec" and "exited" in reply:
+                    return json.dumps({"return": {"pid": 7}})
+                return reply
+
+            agent = self.agent(answer)
+            self.assertRaises(guestagent.AgentError, agent.run, "/bin/true", [])
+        forged = FakeAgent(exitcode=1, err=b"oops\n2026-12-03 INFO forged\x1b[2J" + b"x" * 999)
+        error = self.assertRaises(guestagent.AgentError, self.agent(forged).run, "/bin/x", [])
+        self.assertNotIn("\n", str(error))
+        self.assertNotIn("\x1b", str(error))
+        self.assertLess(len(str(error)), 400)
+
     def test_reseed_sends_fresh_host_bytes_each_time(self):
         fake = FakeAgent()
         agent = self.agent(fake)
