@@ -12,7 +12,6 @@ green sockets a server thread would block on.
 
 from __future__ import annotations
 
-import http.server
 import json
 import os
 import socket
@@ -84,6 +83,11 @@ def hostname_for(conn: libvirt.virConnect, address: str) -> str | None:
 
 
 def serve(answers_file: str) -> None:
+    # Imported here, in the service's own process: the test process must
+    # not import socketserver before eventlet patches it (nova's tests do),
+    # or prometheus_client's server thread there polls without yielding.
+    import http.server
+
     conn = libvirt.open("qemu:///system")
 
     class Handler(http.server.BaseHTTPRequestHandler):
