@@ -234,7 +234,8 @@ def table(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
                 "launch s",
                 "to all answering HTTP on their own IP s",
                 "x clones (agent)",
-                f"clock skew s at first answer (generation {data['generation_age_s']} s old)",
+                "generation age at launch s",
+                "clock skew s at its first answers: median (min to max)",
             ],
             [
                 [
@@ -243,6 +244,7 @@ def table(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
                     "-" if r["launch_s"] is None else f"{r['launch_s']}",
                     f"{r['to_all_http_s']}",
                     f"{r['to_all_http_s'] / clones_s:.2f}",
+                    "-" if r["generation_age_s"] is None else f"{r['generation_age_s']}",
                     f"{r['clock_skew_s']['median']:+.1f} "
                     f"({r['clock_skew_s']['min']:+.1f} to {r['clock_skew_s']['max']:+.1f})",
                 ]
