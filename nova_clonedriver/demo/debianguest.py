@@ -65,15 +65,10 @@ def ensure_network(conn: libvirt.virConnect) -> libvirt.virNetwork:
 
 
 def domain_xml(
-    name: str,
-    memory_mib: int,
-    workdir: str,
-    flavour: str = "generic",
-    guest_agent: bool = True,
-    guest_hook: bool = False,
-    mac: str | None = None,
+    name: str, memory_mib: int, workdir: str, guest_agent: bool = True, guest_hook: bool = False
 ) -> str:
-    """``flavour``: the kernel (KERNEL_FLAVOURS); ``guest_agent``: with
+    """The domain of a guest whose files prepare() put in ``workdir`` (its
+    kernel's flavour among them); ``guest_agent``: with
     qemu-guest-agent's channel (as nova gives images with
     hw_qemu_guest_agent=yes); ``guest_hook``: with tools/guest-hook/
     running in the guest (it is installed, and switched off on the kernel
@@ -109,7 +104,7 @@ def domain_xml(
       <target dev='vda' bus='virtio'/>
     </disk>
     <interface type='network'>
-      <mac address='{mac or domainxml.random_mac()}'/>
+      <mac address='{domainxml.random_mac()}'/>
       <source network='{NETWORK_NAME}'/>
       <model type='virtio'/>
     </interface>
@@ -166,9 +161,7 @@ def boot(
     its HTTP service answers there."""
     prepare(workdir, flavour)
     ensure_network(conn)
-    domain = conn.createXML(
-        domain_xml(name, memory_mib, workdir, flavour, guest_agent, guest_hook), 0
-    )
+    domain = conn.createXML(domain_xml(name, memory_mib, workdir, guest_agent, guest_hook), 0)
     try:
         address = wait_for_address(conn, domain, timeout_s)
         wait_for_identity(address, timeout_s)
