@@ -23,11 +23,13 @@ from nova_clonedriver.engine import domainxml
 from nova_clonedriver.engine import savefile
 
 STATE_DIR = "/var/lib/nova-clonedriver-bench"
-# Run from a checkout: its test guest, unless told otherwise.
-os.environ.setdefault(
-    "NOVA_CLONE_GUEST_DIR",
-    os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "build", "guest"),
-)
+# Run from a checkout: its test guests, unless told otherwise.
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+for _variable, _guest in (
+    ("NOVA_CLONE_GUEST_DIR", "guest"),
+    ("NOVA_CLONE_DEBIAN_GUEST_DIR", "debian-guest"),
+):
+    os.environ.setdefault(_variable, os.path.join(CHECKOUT, "build", _guest))
 PATTERN_SEED = 777
 LAUNCH_PARALLELISM = 64
 

@@ -19,12 +19,6 @@ from benchmarks import common
 from nova_clonedriver.demo import debianguest
 from nova_clonedriver.engine import api
 
-os.environ.setdefault(
-    "NOVA_CLONE_DEBIAN_GUEST_DIR",
-    os.path.join(
-        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "build", "debian-guest"
-    ),
-)
 # How old the first generation is when its clones start (the second one is
 # older by the first measurement): a clone's clock starts that far behind
 # unless the agent sets it.
@@ -68,7 +62,7 @@ def _clones_to_http(bench: common.Bench, generation: api.Generation, count: int)
             bench.conn, domain, HTTP_TIMEOUT_S, mac=clone.mac_addresses[0]
         )
         debianguest.wait_for_identity(address, HTTP_TIMEOUT_S)
-        skews_s.append(_skew_s(address))
+        skews_s.append(debianguest.clock_skew_s(address))
         addresses.add(address)
     all_http_s = time.monotonic() - started
     for clone in clones:  # the next measurement gets the host to itself
@@ -109,17 +103,4 @@ def _cold_boots_to_http(bench: common.Bench, memory_mib: int, count: int) -> dic
 def _cold_skew_s(conn: libvirt.virConnect, domain: libvirt.virDomain) -> float:
     address = debianguest.wait_for_address(conn, domain, HTTP_TIMEOUT_S)
     debianguest.wait_for_identity(address, HTTP_TIMEOUT_S)
-    return _skew_s(address)
-
-
-def _skew_s(address: str) -> float:
-    """The guest's clock against the host's at the middle of one request
-    (the guest reads its clock somewhere in it); the best of three, as the
-    one with the shortest round trip is the most exact."""
-    tries = []
-    for _ in range(3):
-        before = time.time()
-        guest_s = float(debianguest.identity(address)["time_s"])
-        after = time.time()
-        tries.append((after - before, guest_s - (before + after) / 2))
-    return min(tries)[1]
+    return debianguest.clock_skew_s(address)

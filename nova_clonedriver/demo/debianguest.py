@@ -203,6 +203,20 @@ def identity(address: str, timeout_s: float = 10) -> dict[str, Any]:
     return data
 
 
+def clock_skew_s(address: str, tries: int = 3) -> float:
+    """The guest's clock against the host's at the middle of one identity
+    request (the guest reads its clock somewhere in it), from the request
+    with the shortest round trip of ``tries``: its error is at most half
+    of that round trip, which under a loaded TCG host can be seconds."""
+    samples = []
+    for _ in range(tries):
+        before_s = time.time()
+        guest_s = float(identity(address)["time_s"])
+        after_s = time.time()
+        samples.append((after_s - before_s, guest_s - (before_s + after_s) / 2))
+    return min(samples)[1]
+
+
 def wait_for_identity(address: str, timeout_s: float) -> dict[str, Any]:
     deadline = time.monotonic() + timeout_s
     while True:

@@ -18,9 +18,13 @@ from tests import waiting
 
 # QEMU's user must reach the store, so not a mktemp folder under /tmp's 0700.
 TEST_ROOT = "/var/tmp/ncd-tests"
-# Run from a checkout: its test guest, unless told otherwise.
+# Run from a checkout: its test guests, unless told otherwise.
 CHECKOUT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-os.environ.setdefault("NOVA_CLONE_GUEST_DIR", os.path.join(CHECKOUT, "build", "guest"))
+for _variable, _guest in (
+    ("NOVA_CLONE_GUEST_DIR", "guest"),
+    ("NOVA_CLONE_DEBIAN_GUEST_DIR", "debian-guest"),
+):
+    os.environ.setdefault(_variable, os.path.join(CHECKOUT, "build", _guest))
 LIBVIRT_URI = "qemu:///system"
 MASTER_MEMORY_MIB = 256
 PATTERN_SEED = 4242

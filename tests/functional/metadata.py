@@ -13,7 +13,6 @@ green sockets a server thread would block on.
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -22,6 +21,7 @@ import time
 import libvirt
 
 from nova_clonedriver.demo import debianguest
+from tests.functional import base
 
 ADDRESS = "169.254.169.254"
 HOSTNAME_PATH = "/latest/meta-data/hostname"
@@ -42,9 +42,9 @@ class MetadataService:
             ["ip", "addr", "replace", f"{ADDRESS}/32", "dev", debianguest.NETWORK_BRIDGE],
             check=True,
         )
-        checkout = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "tests.functional.metadata", self._answers_file], cwd=checkout
+            [sys.executable, "-m", "tests.functional.metadata", self._answers_file],
+            cwd=base.CHECKOUT,
         )
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:

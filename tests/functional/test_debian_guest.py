@@ -21,13 +21,12 @@ from tests import waiting
 from tests.functional import base
 from tests.functional import metadata
 
-os.environ.setdefault(
-    "NOVA_CLONE_DEBIAN_GUEST_DIR", os.path.join(base.CHECKOUT, "build", "debian-guest")
-)
 MEMORY_MIB = 512
 # Between bless and launch, so that a clone's stale clock shows.
 BLESS_TO_LAUNCH_S = 15
-CLOCK_TOLERANCE_S = 2.0
+# A clock set from the host's is within this of it; one BLESS_TO_LAUNCH_S
+# behind is not (a loaded TCG guest can lose a second or two by itself).
+CLOCK_TOLERANCE_S = 5.0
 BOOT_TIMEOUT_S = 300
 CLONE_TIMEOUT_S = 120
 
@@ -61,26 +60,19 @@ class DebianClonesTestCase(base.LibvirtTestCase):
         cls.generation = cls.engine.bless(cls.master.name())
         time.sleep(BLESS_TO_LAUNCH_S)
         cls.clones = cls.engine.launch(cls.generation.id, count=2)
-        cls.addresses, cls.identities, cls.host_times = [], [], []
+        cls.addresses, cls.identities, cls.clock_skews_s = [], [], []
         for clone in cls.clones:
             domain = cls.conn.lookupByUUIDString(clone.uuid)
             address = debianguest.wait_for_address(
                 cls.conn, domain, CLONE_TIMEOUT_S, mac=clone.mac_addresses[0]
             )
-            debianguest.wait_for_identity(address, CLONE_TIMEOUT_S)
-            cls.host_times.append(time.time())
-            cls.identities.append(debianguest.identity(address))
+            cls.identities.append(debianguest.wait_for_identity(address, CLONE_TIMEOUT_S))
+            cls.clock_skews_s.append(debianguest.clock_skew_s(address))
             cls.addresses.append(address)
 
     @classmethod
     def start_services(cls) -> None:
         """What the guests need on the network besides DHCP (none here)."""
-
-    def clock_skews_s(self) -> list[float]:
-        return [
-            identity["time_s"] - host_s
-            for identity, host_s in zip(self.identities, self.host_times, strict=True)
-        ]
 
 
 class TestClonesOfDebian(DebianClonesTestCase):
@@ -122,7 +114,7 @@ class TestClonesOfDebian(DebianClonesTestCase):
             self.assertEqual(self.master_identity["machine_id"], identity["machine_id"])
 
     def test_the_agent_set_each_clones_clock(self):
-        for skew_s in self.clock_skews_s():
+        for skew_s in self.clock_skews_s:
             self.assertLess(abs(skew_s), CLOCK_TOLERANCE_S)
 
     def test_clones_draw_their_own_random_numbers(self):
@@ -147,7 +139,7 @@ class TestClonesOfDebianCloudKernel(DebianClonesTestCase):
         self.assertEqual(
             [clone.name for clone in self.clones], [i["hostname"] for i in self.identities]
         )
-        for skew_s in self.clock_skews_s():
+        for skew_s in self.clock_skews_s:
             self.assertLess(abs(skew_s), CLOCK_TOLERANCE_S)
 
 
@@ -175,7 +167,7 @@ class TestClonesOfDebianWithoutAgent(DebianClonesTestCase):
             self.assertEqual("debian-guest", identity["hostname"])
 
     def test_clock_is_behind_by_the_time_since_the_bless(self):
-        for skew_s in self.clock_skews_s():
+        for skew_s in self.clock_skews_s:
             self.assertLess(skew_s, -(BLESS_TO_LAUNCH_S - CLOCK_TOLERANCE_S))
 
 
@@ -206,7 +198,7 @@ class TestGuestHookWithoutAgent(DebianClonesTestCase):
             self.assertIn((address, clone.name), self.metadata.answers())
 
     def test_clock_from_the_rtc(self):
-        for skew_s in self.clock_skews_s():
+        for skew_s in self.clock_skews_s:
             self.assertLess(abs(skew_s), CLOCK_TOLERANCE_S)
 
     def test_the_hook_reseeded_each_clones_rng(self):
