@@ -19,6 +19,8 @@ import xml.etree.ElementTree as ET
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
 CLONE_RAM_BACKEND_ID = "clone-ram"
 AGENT_CHANNEL_NAME = "org.qemu.guest_agent.0"
+# sun_path of struct sockaddr_un is 108 bytes, with the terminating zero.
+SOCKET_PATH_MAX_BYTES = 107
 # What a master's NIC keeps in a clone's restore XML: what the guest's
 # device state must find again, and nothing that connects it anywhere.
 _ISOLATED_NIC_KEEPS = ("mac", "model", "driver", "address", "alias", "mtu", "rom", "boot")
@@ -143,6 +145,7 @@ def clone_xml(
     (0: QEMU's default); KVM clones have none."""
     root = parse(master_xml)
     root.attrib.pop("id", None)
+    master_name = root.find("name").text or ""  # type: ignore[union-attr]
     root.find("name").text = identity.name  # type: ignore[union-attr]
     master_uuid = root.find("uuid").text  # type: ignore[union-attr]
     root.find("uuid").text = identity.uuid  # type: ignore[union-attr]
@@ -171,9 +174,12 @@ def clone_xml(
             if device.get("type") in ("file", "unix"):
                 for source in device.findall("source"):
                     if source.get("path"):
-                        source.set("path", _moved(source.get("path", ""), identity))
+                        path = _moved(source.get("path", ""), master_name, identity)
+                        if device.get("type") == "unix":
+                            _check_socket_path(path)
+                        source.set("path", path)
             for log in device.findall("log"):
-                log.set("file", _moved(log.get("file", ""), identity))
+                log.set("file", _moved(log.get("file", ""), master_name, identity))
     devices = root.find("devices")
     for index, interface in enumerate(list(devices if devices is not None else [])):
         if interface.tag == "interface":
@@ -211,8 +217,29 @@ def _set_tb_cache(root: ET.Element, size_mib: int) -> None:
     ET.SubElement(tcg, "tb-cache", unit="MiB").text = str(size_mib)
 
 
-def _moved(path: str, identity: CloneIdentity) -> str:
-    return os.path.join(identity.directory, os.path.basename(path))
+def _moved(path: str, master_name: str, identity: CloneIdentity) -> str:
+    """The clone's own file for one of its master's. A file named after the
+    master (".<name>." in it) stays in its folder under the clone's name:
+    nova puts the guest agent's socket in libvirt's folder as
+    org.qemu.guest_agent.0.<domain name>.sock, and the clone's folder (nova's
+    instance folder) would make too long a socket path. Any other file
+    moves to the clone's folder."""
+    base = os.path.basename(path)
+    named = f".{master_name}."
+    if master_name and named in base:
+        renamed = base.replace(named, f".{identity.name}.")
+        return os.path.join(os.path.dirname(path), renamed)
+    return os.path.join(identity.directory, base)
+
+
+def _check_socket_path(path: str) -> None:
+    """A clear error, before libvirt's: a UNIX socket's path has at most
+    SOCKET_PATH_MAX_BYTES (sockaddr_un, without its terminating zero)."""
+    if len(os.fsencode(path)) > SOCKET_PATH_MAX_BYTES:
+        raise ValueError(
+            f"the clone's socket path {path} is longer than {SOCKET_PATH_MAX_BYTES} bytes; "
+            "use a shorter clone folder"
+        )
 
 
 def _add_memory_backend(root: ET.Element, memory_image: str, size_bytes: int) -> None:

@@ -1,3 +1,4 @@
+import dataclasses
 import xml.etree.ElementTree as ET
 
 import testtools
@@ -142,6 +143,24 @@ class TestCloneXML(testtools.TestCase):
             ],
             paths,
         )
+
+    def test_a_socket_named_after_the_master_stays_in_its_folder(self):
+        # nova's agent socket: libvirt's folder, the domain's name in the
+        # file's; the clone's instance folder would be too long for it.
+        nova_path = "/var/lib/libvirt/qemu/org.qemu.guest_agent.0.web.sock"
+        master = MASTER.replace("/srv/web/agent.sock", nova_path)
+        root = ET.fromstring(domainxml.clone_xml(master, IDENTITY, None, 256 << 20))
+        self.assertEqual(
+            ["/var/lib/libvirt/qemu/org.qemu.guest_agent.0.web-clone-1.sock"],
+            [s.get("path") for s in root.findall("devices/channel/source")],
+        )
+
+    def test_a_socket_path_too_long_is_refused_clearly(self):
+        deep = dataclasses.replace(IDENTITY, directory="/store/" + "d" * 100)
+        error = self.assertRaises(
+            ValueError, domainxml.clone_xml, MASTER, deep, "/store/g/memory.img", 256 << 20
+        )
+        self.assertIn("longer than 107 bytes", str(error))
 
     def test_ram_is_the_memory_image_mapped_privately(self):
         args = [

@@ -64,14 +64,22 @@ def _case(
 
 CASES = {
     "cluster": _case(CLUSTER),
-    "cluster-network": _case(CLUSTER, count="12", network="private", name_prefix="web"),
+    "cluster-network": _case(
+        CLUSTER, count="12", network="private", name_prefix="web", security_groups="web,ssh"
+    ),
     "cluster-empty": _case(CLUSTER, count="0"),
     "cluster-negative-count": _case(CLUSTER, count="-1"),
     "cluster-no-image": _case(CLUSTER, drop="live_image"),
     "cluster-bad-prefix": _case(CLUSTER, name_prefix="web clones"),
     "autoscaling": _case(AUTOSCALING),
     "autoscaling-step": _case(
-        AUTOSCALING, step="3", network="private", min_size="0", max_size="30", desired_capacity="6"
+        AUTOSCALING,
+        step="3",
+        network="private",
+        min_size="0",
+        max_size="30",
+        desired_capacity="6",
+        security_groups="web,ssh",
     ),
     "autoscaling-min-above-max": _case(
         AUTOSCALING, min_size="5", max_size="2", desired_capacity="3"
@@ -79,7 +87,9 @@ CASES = {
     "autoscaling-desired-above-max": _case(AUTOSCALING, desired_capacity="9"),
     "autoscaling-zero-step": _case(AUTOSCALING, step="0"),
     "fork": _case(FORK),
-    "fork-zone-network": _case(FORK, availability_zone="nova:node-1", network="private"),
+    "fork-zone-network": _case(
+        FORK, availability_zone="nova:node-1", network="private", security_groups="web,ssh"
+    ),
     "fork-master-by-name": _case(FORK, master="web"),
     "fork-no-master": _case(FORK, drop="master"),
     "fork-negative-count": _case(FORK, count="-1"),
@@ -190,6 +200,14 @@ class TestEveryTemplate(HeatTemplateTestCase):
             )
             self.assertEqual(["private"], result["looked_up"]["networks"], case)
 
+    def test_security_groups_are_the_ports_and_only_with_a_network(self):
+        for case in ("cluster-network", "autoscaling-step", "fork-zone-network"):
+            member = self.member(self.valid(case))
+            self.assertEqual(["web", "ssh"], member["properties"]["security_groups"], case)
+        for case in ("cluster", "autoscaling", "fork"):
+            member = self.member(self.valid(case))
+            self.assertEqual([], member["properties"]["security_groups"], case)
+
     def test_unknown_server_property_is_rejected(self):
         for template in REQUIRED:
             self.invalid(
@@ -221,6 +239,7 @@ class TestCloneCluster(HeatTemplateTestCase):
                     "image": "web-live",
                     "flavor": "web-clone",
                     "networks": [{"allocate_network": "none"}],
+                    "security_groups": [],
                 },
                 member["properties"],
             )
@@ -276,6 +295,7 @@ class TestCloneAutoscaling(HeatTemplateTestCase):
                 "image": "web-live",
                 "flavor": "web-clone",
                 "networks": [{"allocate_network": "none"}],
+                "security_groups": [],
             },
             self.member(result)["properties"],
         )
@@ -338,6 +358,7 @@ class TestCloneFork(HeatTemplateTestCase):
                     "flavor": "web-clone",
                     "metadata": {"clone_of": MASTER},
                     "networks": [{"allocate_network": "none"}],
+                    "security_groups": [],
                 },
                 member["properties"],
             )

@@ -1,9 +1,15 @@
-"""minicloud: wait for the nova services, the compute node in placement
-and heat-engine, then upload the test guest (kernel, ramdisk, an empty raw
-root) and make the flavors m1.guest and m1.guest.clone (idempotent).
+"""minicloud: wait for the nova services, the compute node in placement,
+the neutron agents and heat-engine, then upload the test guests and make
+their flavors (idempotent):
 
-Run by tools/minicloud (cloud_setup) with MC, GUEST_DIR and ETC set; it
-reads the admin's credentials from $ETC/openrc.
+- the busybox guest (kernel, ramdisk, an empty raw root): image "guest",
+  flavors m1.guest and m1.guest.clone;
+- the Debian guest (tools/build-debian-guest.sh; its generic kernel and
+  initramfs, and its qcow2 root, with qemu-guest-agent): image "debian",
+  flavors m1.debian and m1.debian.clone.
+
+Run by tools/minicloud (cloud_setup) with MC, GUEST_DIR, DEBIAN_GUEST_DIR and
+ETC set; it reads the admin's credentials from $ETC/openrc.
 """
 
 import os
@@ -52,6 +58,11 @@ def services_up():
 
 wait("nova-conductor, nova-scheduler, nova-compute", services_up)
 wait("the compute node in placement", lambda: list(conn.placement.resource_providers()))
+NEUTRON_AGENTS = {"Open vSwitch agent", "DHCP agent", "Metadata agent"}
+wait(
+    ", ".join(sorted(NEUTRON_AGENTS)),
+    lambda: {a.agent_type for a in conn.network.agents() if a.is_alive} >= NEUTRON_AGENTS,
+)
 wait(
     "heat-engine",
     lambda: any(
@@ -72,7 +83,7 @@ def image(name, path, disk_format, **props):
         name=name,
         filename=path,
         disk_format=disk_format,
-        container_format="bare" if disk_format == "raw" else disk_format,
+        container_format=disk_format if disk_format in ("aki", "ari") else "bare",
         visibility="public",
         wait=True,
         allow_duplicates=True,
@@ -94,9 +105,25 @@ image(
     os_command_line="console=ttyS0 quiet clone_agent.fill=32:4242",
 )
 
-for name, specs in (("m1.guest", {}), ("m1.guest.clone", {"clone:enabled": "true"})):
-    flavor = conn.compute.find_flavor(name)
-    if not flavor:
-        flavor = conn.compute.create_flavor(name=name, ram=256, vcpus=1, disk=1)
-        if specs:
-            conn.compute.create_flavor_extra_specs(flavor, specs)
+debian = os.environ["DEBIAN_GUEST_DIR"]
+debian_kernel = image("debian-kernel", os.path.join(debian, "vmlinuz-generic"), "aki")
+debian_ramdisk = image("debian-ramdisk", os.path.join(debian, "initrd-generic"), "ari")
+image(
+    "debian",
+    os.path.join(debian, "disk.qcow2"),
+    "qcow2",
+    kernel_id=debian_kernel.id,
+    ramdisk_id=debian_ramdisk.id,
+    # The agent sets a clone's clock and name; the guest hook stays off.
+    os_command_line="root=/dev/vda rw console=ttyS0 quiet nova_clone_hook=off",
+    hw_qemu_guest_agent="yes",
+)
+
+for name, ram_mib, disk_gib in (("m1.guest", 256, 1), ("m1.debian", 512, 2)):
+    for flavor_name, specs in ((name, {}), (f"{name}.clone", {"clone:enabled": "true"})):
+        if not conn.compute.find_flavor(flavor_name):
+            flavor = conn.compute.create_flavor(
+                name=flavor_name, ram=ram_mib, vcpus=1, disk=disk_gib
+            )
+            if specs:
+                conn.compute.create_flavor_extra_specs(flavor, specs)

@@ -25,6 +25,7 @@ install_host() {
         [[ -z $made_policy ]] || rm -f "$policy"
     fi
     "$REPO/tools/build-guest.sh"
+    "$REPO/tools/build-debian-guest.sh"
 }
 
 install_venv() {

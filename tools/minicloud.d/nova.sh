@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 # minicloud: nova 34.0.0 (this checkout's driver installed into it):
-# nova-api (:8774), nova-conductor, nova-scheduler (with LiveCloneWeigher)
+# nova-api (:8774), nova-api-metadata (:8775), nova-conductor, nova-scheduler (with LiveCloneWeigher)
 # and nova-compute with CloneDriver on qemu:///system, domains named
 # mc-%08x. One nova.conf for every nova process; nova-db.conf, the
 # databases, for every one but nova-compute (which has none: it complains
@@ -53,6 +53,8 @@ $(authtoken nova)
 $(client_auth nova)
 [neutron]
 $(client_auth nova)
+service_metadata_proxy = true
+metadata_proxy_shared_secret = $PW
 [glance]
 region_name = $REGION
 [service_user]
@@ -86,6 +88,12 @@ enabled = false
 helper_command = $VENV/bin/privsep-helper --config-file $ETC/nova/nova.conf
 [privsep_osbrick]
 helper_command = $VENV/bin/privsep-helper --config-file $ETC/nova/nova.conf
+[vif_plug_ovs_privileged]
+helper_command = $VENV/bin/privsep-helper --config-file $ETC/nova/nova.conf
+[os_vif_privileged]
+helper_command = $VENV/bin/privsep-helper --config-file $ETC/nova/nova.conf
+[os_vif_ovs]
+ovsdb_connection = unix:$OVS_DB_SOCK
 [image_cache]
 manager_interval = 60
 [quota]
@@ -112,6 +120,9 @@ start_nova() {  # the page service before nova-compute, whose driver uses it
     local n=$VENV/bin
     uwsgi_app nova-api 8774 nova.wsgi.osapi_compute OS_NOVA_CONFIG_DIR="$ETC/nova" \
         "OS_NOVA_CONFIG_FILES=api-paste.ini;nova.conf;nova-db.conf"
+    # What neutron's metadata agent asks for the guests (169.254.169.254).
+    uwsgi_app nova-api-metadata "$NOVA_METADATA_PORT" nova.wsgi.metadata \
+        OS_NOVA_CONFIG_DIR="$ETC/nova" "OS_NOVA_CONFIG_FILES=api-paste.ini;nova.conf;nova-db.conf"
     spawn nova-conductor "$n/nova-conductor" "${NOVA_DB_CONF[@]}"
     spawn nova-scheduler "$n/nova-scheduler" "${NOVA_DB_CONF[@]}"
     start_pageserver
