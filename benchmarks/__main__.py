@@ -27,7 +27,17 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="run one scenario")
     run.add_argument(
         "scenario",
-        choices=["start", "burst", "divergence", "pause", "demo", "nova", "remote", "debian"],
+        choices=[
+            "start",
+            "burst",
+            "divergence",
+            "pause",
+            "demo",
+            "nova",
+            "remote",
+            "debian",
+            "cloud",
+        ],
     )
     run.add_argument("--memory-mb", type=int, default=256)
     run.add_argument("--repeat", type=int, default=5, help="start, pause: rounds")
@@ -50,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         "--clones",
         type=int,
         default=4,
-        help="divergence, demo, debian: clones; nova: servers per request",
+        help="divergence, demo, debian: clones; nova, cloud: servers per request",
     )
     run.add_argument("--percents", type=_ints, default=[1, 10, 50], help="divergence")
     run.add_argument("--sizes", type=_ints, default=[256, 1024], help="pause: MiB list")
@@ -94,6 +104,10 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks import debian
 
         data = debian.run(args.memory_mb, args.clones)
+    elif args.scenario == "cloud":
+        from benchmarks import cloud
+
+        data = cloud.run(args.clones)
     elif args.scenario == "nova":
         from benchmarks import nova_boot  # eventlet-patches this process
 

@@ -3,8 +3,8 @@ the same image, to all N answering HTTP on their own DHCP addresses, and
 each clone's clock right after it answers, with and without the agent.
 
 On the engine and local libvirt (the test network of
-nova_clonedriver.demo.debianguest); through nova it needs a tenant network
-with a real data plane in the one-machine cloud, which it does not have yet.
+nova_clonedriver.demo.debianguest); the same through nova and neutron is
+the scenario "cloud" (benchmarks/cloud.py).
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ real DHCP server and answers HTTP on it, where the host can reach it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import contextlib
 import json
 import os
@@ -203,15 +204,18 @@ def identity(address: str, timeout_s: float = 10) -> dict[str, Any]:
     return data
 
 
-def clock_skew_s(address: str, tries: int = 3) -> float:
+def clock_skew_s(
+    address: str, tries: int = 3, fetch: Callable[[str], dict[str, Any]] = identity
+) -> float:
     """The guest's clock against the host's at the middle of one identity
     request (the guest reads its clock somewhere in it), from the request
     with the shortest round trip of ``tries``: its error is at most half
-    of that round trip, which under a loaded TCG host can be seconds."""
+    of that round trip, which under a loaded TCG host can be seconds.
+    ``fetch``: how to ask (default: HTTP from this host)."""
     samples = []
     for _ in range(tries):
         before_s = time.time()
-        guest_s = float(identity(address)["time_s"])
+        guest_s = float(fetch(address)["time_s"])
         after_s = time.time()
         samples.append((after_s - before_s, guest_s - (before_s + after_s) / 2))
     return min(samples)[1]

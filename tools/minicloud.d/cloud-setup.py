@@ -5,7 +5,8 @@ their flavors (idempotent):
 - the busybox guest (kernel, ramdisk, an empty raw root): image "guest",
   flavors m1.guest and m1.guest.clone;
 - the Debian guest (tools/build-debian-guest.sh; its generic kernel and
-  initramfs, and its qcow2 root, with qemu-guest-agent): image "debian",
+  initramfs, and its qcow2 root): image "debian" (with qemu-guest-agent,
+  the guest hook off) and "debian-hook" (no agent, the guest hook on),
   flavors m1.debian and m1.debian.clone.
 
 Run by tools/minicloud (cloud_setup) with MC, GUEST_DIR, DEBIAN_GUEST_DIR and
@@ -108,16 +109,22 @@ image(
 debian = os.environ["DEBIAN_GUEST_DIR"]
 debian_kernel = image("debian-kernel", os.path.join(debian, "vmlinuz-generic"), "aki")
 debian_ramdisk = image("debian-ramdisk", os.path.join(debian, "initrd-generic"), "ari")
-image(
-    "debian",
-    os.path.join(debian, "disk.qcow2"),
-    "qcow2",
-    kernel_id=debian_kernel.id,
-    ramdisk_id=debian_ramdisk.id,
-    # The agent sets a clone's clock and name; the guest hook stays off.
-    os_command_line="root=/dev/vda rw console=ttyS0 quiet nova_clone_hook=off",
-    hw_qemu_guest_agent="yes",
-)
+# "debian": the agent sets a clone's clock and name, the guest hook is off.
+# "debian-hook": as a user's image without the agent, where the guest hook
+# (tools/guest-hook) takes a clone's name from the metadata service.
+for name, hook, properties in (
+    ("debian", "nova_clone_hook=off", {"hw_qemu_guest_agent": "yes"}),
+    ("debian-hook", "", {}),
+):
+    image(
+        name,
+        os.path.join(debian, "disk.qcow2"),
+        "qcow2",
+        kernel_id=debian_kernel.id,
+        ramdisk_id=debian_ramdisk.id,
+        os_command_line=f"root=/dev/vda rw console=ttyS0 quiet {hook}".strip(),
+        **properties,
+    )
 
 for name, ram_mib, disk_gib in (("m1.guest", 256, 1), ("m1.debian", 512, 2)):
     for flavor_name, specs in ((name, {}), (f"{name}.clone", {"clone:enabled": "true"})):

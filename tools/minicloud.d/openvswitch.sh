@@ -27,8 +27,8 @@ start_ovs() {  # ovsdb-server, then ovs-vswitchd, then the provider bridge
     ovs-vsctl --no-wait init
     # Without it ovs-vswitchd hands on a guest's or a namespace's packets
     # with the checksum still left to the NIC (offloaded), and whoever gets
-    # them drops them: ARP and ping pass, TCP and DHCP do not. With it, it
-    # keeps the virtio-net header that says so.
+    # them drops them (tried: ARP between two namespaces resolved, TCP timed
+    # out). With it, it keeps the virtio-net header that says so.
     ovs-vsctl --no-wait set Open_vSwitch . other_config:userspace-tso-enable=true
     spawn ovs-vswitchd ovs-vswitchd "unix:$OVS_DB_SOCK" --pidfile
     wait_for ovs-vswitchd 30 ovs-appctl -t ovs-vswitchd version
