@@ -14,7 +14,6 @@ import time
 from typing import Any
 
 from benchmarks import common
-from cloudtests import test_cloud as cloud
 from cloudtests import test_network as net
 from cloudtests.test_cloud import openstack
 from nova_clonedriver.demo import debianguest
@@ -73,14 +72,12 @@ def _servers_to_http(
         prefix,
         timeout=HTTP_TIMEOUT_S,
     )
+    servers = net.all_active(prefix, count, HTTP_TIMEOUT_S)
     active_s = time.monotonic() - started
-    servers = cloud.servers(f"^{prefix}-")
-    if len(servers) != count:
-        raise RuntimeError(f"{len(servers)} {kind} servers, not {count}")
     network_id = tenant.network["id"]
     skews_s, addresses = [], set()
     for server in servers.values():
-        address = net.fixed_ip(openstack("server", "show", server["ID"]), tenant.name)
+        address = net.fixed_ip(server, tenant.name)
         net.answers(network_id, address, HTTP_TIMEOUT_S)
         skews_s.append(
             debianguest.clock_skew_s(address, fetch=lambda a: net.identity(network_id, a) or {})
@@ -91,7 +88,7 @@ def _servers_to_http(
         "server",
         "delete",
         "--wait",
-        *[s["ID"] for s in servers.values()],
+        *[s["id"] for s in servers.values()],
         parse=False,
         timeout=HTTP_TIMEOUT_S,
     )

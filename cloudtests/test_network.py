@@ -159,6 +159,19 @@ def shown(server_ids: list[str]) -> dict[str, dict]:
     return {s["name"]: s for s in (openstack("server", "show", i) for i in server_ids)}
 
 
+def all_active(prefix: str, count: int, timeout_s: float) -> dict[str, dict]:
+    """The ``count`` servers named ``prefix-*`` once all are ACTIVE (``server
+    create --min N --wait`` waits for the first one only)."""
+    def active():
+        found = shown([s["ID"] for s in cloud.servers(f"^{prefix}-").values()])
+        errors = [f"{n}: {s.get('fault')}" for n, s in found.items() if s["status"] == "ERROR"]
+        if errors:
+            raise AssertionError(f"servers went ERROR: {errors}")
+        done = len(found) == count and all(s["status"] == "ACTIVE" for s in found.values())
+        return found if done else None
+    return waiting.wait(active, timeout_s, f"{count} servers {prefix}-* not all ACTIVE", 2)
+
+
 class TestClonesOnATenantNetwork(NetworkTestCase):
 
     def test_clones_take_their_ports_and_answer_on_them(self):
@@ -167,9 +180,8 @@ class TestClonesOnATenantNetwork(NetworkTestCase):
                   "m1.debian.clone", "--network", NAME, "--security-group",
                   self.web["id"], "--min", str(CLONES), "--max", str(CLONES), "--wait",
                   f"{NAME}-clone")
+        clones = all_active(f"{NAME}-clone", CLONES, CLONE_TIMEOUT_S)
         active_s = time.monotonic() - started
-        clones = shown([s["ID"] for s in cloud.servers(f"^{NAME}-clone-").values()])
-        self.assertEqual(CLONES, len(clones))
         self.assert_serves(clones)
         all_http_s = time.monotonic() - started
         for name in clones:
