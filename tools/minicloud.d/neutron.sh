@@ -1,8 +1,9 @@
 # shellcheck shell=bash
 # minicloud: neutron (:9696), the API with ML2 under uwsgi, its RPC server
 # (what the agents talk to over the message queue; the API under uwsgi
-# runs no RPC workers) and periodic workers, and its agents on this host: the Open vSwitch agent (on the userspace datapath of
-# openvswitch.sh; security groups by its own firewall), the DHCP agent
+# runs no RPC workers) and periodic workers, and its agents on this host:
+# the Open vSwitch agent (on the userspace datapath of openvswitch.sh;
+# security groups by its own firewall), the DHCP agent
 # (dnsmasq in a namespace qdhcp-<network> per network, which also answers
 # on the metadata address 169.254.169.254 through haproxy) and the metadata
 # agent, which takes those requests on to nova's metadata API. Tenant
