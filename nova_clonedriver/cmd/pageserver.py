@@ -10,6 +10,7 @@ from oslo_config import cfg
 from oslo_log import log as logging
 
 from nova_clonedriver import conf
+from nova_clonedriver.pageserver import fusefront
 from nova_clonedriver.pageserver import service
 
 CONF = conf.CONF
@@ -54,8 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         page_service = service.PageService(service_config(CONF))
         asyncio.run(page_service.run())
-    except (OSError, ValueError, libvirt.libvirtError) as exc:
-        # certificates, ports, mount point, libvirt
+    except (OSError, ValueError, libvirt.libvirtError, fusefront.FrontError) as exc:
+        # certificates, ports, mount point, libvirt, the FUSE front
         LOG.error("nova-clone-pageserver cannot run: %s", exc)
         return 1
     return 0

@@ -18,6 +18,7 @@ import time
 
 from nova_clonedriver.demo import pki as pki_mod
 from nova_clonedriver.pageserver import control
+from nova_clonedriver.pageserver import fusefront
 
 DAEMON = (sys.executable, "-m", "nova_clonedriver.cmd.pageserver")
 
@@ -98,25 +99,30 @@ class LocalNode:
                 time.sleep(0.2)
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
-        if self.process is None:
-            return 0
-        self.process.send_signal(sig)
-        code = self.process.wait(30)
-        self.process = None
-        # After a SIGKILL the dead mount stays: the next start must replace
-        # it (that is tested). os.path.ismount() says False for a mount whose
-        # daemon is gone (stat fails), so ask the kernel's table.
-        mount = os.path.join(self.state_dir, "remote")
-        with open("/proc/self/mounts") as f:
-            mounted = any(line.split()[1] == mount for line in f)
-        if sig == signal.SIGTERM and mounted:
-            subprocess.run(["fusermount3", "-u", "-z", mount], check=False)
+        """Stop the daemon. Its FUSE front keeps the mount while clones hold
+        files open there, and after a SIGKILL (the next start hands it to
+        the new daemon; that is tested)."""
+        code = 0
+        if self.process is not None:
+            self.process.send_signal(sig)
+            code = self.process.wait(30)
+            self.process = None
         return code
+
+    def close(self) -> None:
+        """Stop the daemon, and end its FUSE front by unmounting (lazily:
+        the front serves what is still open until it is closed)."""
+        self.stop()
+        if fusefront.is_mounted(self.mount_dir()):
+            fusefront.unmount(self.mount_dir())
 
     def log(self) -> str:
         """What the daemon logged, without its debug messages."""
         with open(self.log_file) as f:
             return "".join(line for line in f if " DEBUG " not in line)[-20000:]
 
+    def mount_dir(self) -> str:
+        return os.path.join(self.state_dir, "remote")
+
     def mount_path(self, generation_id: str, name: str = "memory.img") -> str:
-        return os.path.join(self.state_dir, "remote", generation_id, name)
+        return os.path.join(self.mount_dir(), generation_id, name)

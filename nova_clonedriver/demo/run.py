@@ -187,8 +187,8 @@ def _remote(
             if generation.id in engine_b.store.generation_ids():
                 _release(node_b, generation.id)
         finally:
-            node_b.stop()
-            origin.stop()
+            node_b.close()
+            origin.close()
 
 
 def _release(node: localnode.LocalNode, generation_id: str, timeout_s: float = 30) -> None:

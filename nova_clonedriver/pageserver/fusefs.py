@@ -10,11 +10,16 @@ QEMU opens a memory backend file read-write even for a private mapping, so
 opens for writing are allowed and writes refused. libvirt may chown disk
 images it hands to QEMU; attribute changes are accepted and ignored. The
 files belong to QEMU's user with mode 0600, and the kernel enforces that.
+
+Inode numbers are a hash of the generation id and file name, so that a
+restarted page service answers for the inodes the kernel (and the FUSE
+front, fusefront.py) learned from the one before.
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import os
 import stat
@@ -41,19 +46,42 @@ class PagesFS(pyfuse3.Operations):
         super().__init__()
         self.remote = remote
         self.owner = owner
-        # Stable inode numbers for (generation id, file name or "").
-        self._inodes: dict[tuple[str, str], int] = {}
+        # (generation id, file name or "") of the inodes handed out.
         self._paths: dict[int, tuple[str, str]] = {}
 
     def _inode(self, generation_id: str, name: str) -> int:
-        key = (generation_id, name)
-        if key not in self._inodes:
-            inode = ROOT_INODE + 1 + len(self._inodes)
-            self._inodes[key] = inode
-            self._paths[inode] = key
-        return self._inodes[key]
+        """The same number for the same file, in every run of the service."""
+        digest = hashlib.sha256(f"{generation_id}/{name}".encode()).digest()
+        inode = (int.from_bytes(digest[:8], "big") >> 2) + ROOT_INODE + 1
+        known = self._paths.setdefault(inode, (generation_id, name))
+        if known != (generation_id, name):
+            LOG.error("Inode %d of %s/%s is taken by %s/%s", inode, generation_id, name, *known)
+            raise pyfuse3.FUSEError(errno.EIO)
+        return inode
+
+    def _learn_inodes(self) -> None:
+        """The inodes of every presented file: after a restart the kernel
+        asks for inodes that no lookup of this run handed out."""
+        for generation_id in self.remote.generation_ids():
+            self._inode(generation_id, "")
+            presented = self.remote.get(generation_id)
+            for name in presented.file_names() if presented is not None else []:
+                self._inode(generation_id, name)
+
+    def restore_open_files(self, open_files: dict[int, int]) -> None:
+        """Count the opens clones made before this run (inode -> count, as
+        the FUSE front saw them), so their generations count as in use."""
+        for inode, count in open_files.items():
+            try:
+                presented, _ = self._resolve(inode)
+            except pyfuse3.FUSEError:
+                LOG.warning("%d open file(s) of inode %d, which is not presented", count, inode)
+                continue
+            presented.opened(count)
 
     def _resolve(self, inode: int) -> tuple[presented_mod.Presented, str]:
+        if inode not in self._paths:
+            self._learn_inodes()
         if inode not in self._paths:
             raise pyfuse3.FUSEError(errno.ENOENT)
         generation_id, name = self._paths[inode]
@@ -145,9 +173,11 @@ class PagesFS(pyfuse3.Operations):
         raise pyfuse3.FUSEError(errno.EROFS)
 
     async def release(self, fh: int) -> None:
-        presented = self.remote.get(self._paths.get(fh, ("", ""))[0])
-        if presented is not None:
-            presented.closed()
+        try:
+            presented, _ = self._resolve(fh)
+        except pyfuse3.FUSEError:
+            return  # its generation is gone
+        presented.closed()
 
     async def access(self, inode: int, mode: int, ctx: Any) -> bool:
         return True

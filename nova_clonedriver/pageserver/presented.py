@@ -79,8 +79,8 @@ class Presented:
             created_ns=int(os.stat(self.generation.device_stream).st_mtime_ns),
         )
 
-    def opened(self) -> None:
-        self.open_handles += 1
+    def opened(self, count: int = 1) -> None:
+        self.open_handles += count
 
     def closed(self) -> None:
         self.open_handles -= 1

@@ -4,18 +4,17 @@ Runs, in one asyncio loop: the TLS server that serves this node's
 generations to peers (origin.py), the FUSE file system that presents other
 nodes' generations here (fusefs.py, remote.py, presented.py), the local control socket
 (control.py), and the periodic reconcile that keeps origins' reference
-counts right and frees what no clone uses.
+counts right and frees what no clone uses. The FUSE mount itself is held by
+the FUSE front (fusefront.py), which outlives the service.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import os
 import signal
-import subprocess
 from typing import Any
 
 import libvirt
@@ -25,6 +24,7 @@ import pyfuse3.asyncio
 from nova_clonedriver.engine import hostinfo
 from nova_clonedriver.engine import store as store_mod
 from nova_clonedriver.pageserver import control
+from nova_clonedriver.pageserver import fusefront
 from nova_clonedriver.pageserver import fusefs
 from nova_clonedriver.pageserver import metrics
 from nova_clonedriver.pageserver import origin as origin_mod
@@ -70,6 +70,7 @@ class PageService:
         self.stats = stats_mod.Stats()
         self.mount_dir = config.mount_dir or os.path.join(config.state_dir, "remote")
         self._stop = asyncio.Event()
+        self._fuse_error: str | None = None
         self.remote: remote_mod.RemoteGenerations | None = None
 
     def stop(self) -> None:
@@ -96,8 +97,8 @@ class PageService:
             ),
         )
         self.remote.load_existing()
-        _mount(fusefs.PagesFS(self.remote, self._qemu_user()), self.mount_dir)
-        fuse_task = loop.create_task(pyfuse3.main())
+        front_socket = fusefront.socket_path(config.state_dir)
+        fuse_task = self._serve_fuse(front_socket)
         controls = await control.serve(
             config.socket_path(), self._control, config.control_socket_group
         )
@@ -125,8 +126,50 @@ class PageService:
                 task.cancel()
             for server in servers:
                 server.close()
-            pyfuse3.close(unmount=True)
+            pyfuse3.close(unmount=False)
+            if self._fuse_error is None:
+                self._stop_front(front_socket)
             self.remote.close()
+        if self._fuse_error is not None:
+            raise fusefront.FrontError(self._fuse_error)
+
+    def _serve_fuse(self, front_socket: str) -> asyncio.Task[None]:
+        """Answer the FUSE requests the front relays (starting the front and
+        its mount if none runs); the service stops if the front goes."""
+        assert self.remote is not None
+        sock, open_files = fusefront.connect_or_start(self.mount_dir, front_socket)
+        file_system = fusefs.PagesFS(self.remote, self._qemu_user())
+        file_system.restore_open_files(open_files)
+        pyfuse3.asyncio.enable()
+        # libfuse takes a /dev/fd/N "mount point" as a /dev/fuse that is
+        # mounted already, and closes it at the end.
+        pyfuse3.init(file_system, f"/dev/fd/{sock.detach()}", set())
+        if open_files:
+            LOG.info("Clones hold %d file(s) open", sum(open_files.values()))
+        task = asyncio.get_running_loop().create_task(pyfuse3.main())
+        task.add_done_callback(self._fuse_ended)
+        return task
+
+    def _fuse_ended(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        self._fuse_error = (
+            f"serving FUSE requests ended: {task.exception() or 'the front is gone'}"
+        )
+        self._stop.set()
+
+    def _stop_front(self, front_socket: str) -> None:
+        try:
+            answer = fusefront.stop(front_socket)
+        except (OSError, fusefront.FrontError) as exc:
+            LOG.warning("Could not tell the FUSE front to stop: %s", exc)
+            return
+        if not answer.get("stopping"):
+            LOG.info(
+                "The FUSE front keeps %s mounted for the next run: clones hold %s file(s) open",
+                self.mount_dir,
+                answer.get("open_files"),
+            )
 
     def _qemu_user(self) -> tuple[int, int]:
         """The user QEMU runs as, from libvirt (as the engine finds it)."""
@@ -163,21 +206,3 @@ class PageService:
                 LOG.exception(
                     "Reconcile failed; trying again in %s s", self.config.reconcile_interval_s
                 )
-
-
-def _mount(file_system: fusefs.PagesFS, mount_dir: str) -> None:
-    """Mount the FUSE file system, replacing a mount a crashed run left."""
-    if os.path.abspath(mount_dir) in _mount_points():
-        LOG.warning("Unmounting %s left by an earlier run", mount_dir)
-        with contextlib.suppress(subprocess.CalledProcessError):
-            subprocess.run(["fusermount3", "-u", "-z", mount_dir], check=True, capture_output=True)
-    os.makedirs(mount_dir, exist_ok=True)
-    pyfuse3.asyncio.enable()
-    pyfuse3.init(
-        file_system, mount_dir, {"fsname=nova-clone-pages", "allow_other", "default_permissions"}
-    )
-
-
-def _mount_points() -> set[str]:
-    with open("/proc/self/mounts") as f:
-        return {line.split()[1] for line in f}

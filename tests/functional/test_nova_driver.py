@@ -478,7 +478,7 @@ class TestCloneDriver(base.LibvirtTestCase):
         )
         for node in (node_a, node_b):
             node.start()
-            self.addCleanup(node.stop)
+            self.addCleanup(node.close)
         self.driver = driver_mod.CloneDriver(mock.Mock(), read_only=False)
         self.driver._image_api = self.images
         image_id = self._live_image()

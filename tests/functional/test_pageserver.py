@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import signal
 import socket
 import ssl
@@ -21,6 +22,7 @@ import subprocess
 import time
 import urllib.request
 
+import libvirt
 from prometheus_client import parser
 from testtools.content import text_content
 
@@ -32,6 +34,7 @@ from nova_clonedriver.engine import api
 from nova_clonedriver.engine import native
 from nova_clonedriver.engine import qemuimg
 from nova_clonedriver.pageserver import control
+from nova_clonedriver.pageserver import fusefront
 from nova_clonedriver.pageserver import peer as peer_mod
 from nova_clonedriver.pageserver import protocol
 from nova_clonedriver.pageserver import tls
@@ -84,7 +87,7 @@ class TestPageService(base.LibvirtTestCase):
         node.start()
         cls.nodes.append(node)
         # Clones first: a FUSE mount still mapped by QEMU cannot go.
-        cls.addClassCleanup(node.stop)
+        cls.addClassCleanup(node.close)
         cls.addClassCleanup(testguest.destroy_all, cls.conn, cls.prefix)
         return node
 
@@ -379,6 +382,65 @@ class TestPageService(base.LibvirtTestCase):
         )
         self.assertSameBytes(data, self.read_chunk(node, generation, chunk))
         self.assertEqual(0, self.remote_stats(node, generation.id).get("bytes_fetched", 0))
+
+    def test_remote_clones_survive_restarts_of_their_page_service(self):
+        generation = self.engine_a.bless(self.master.name())
+        node = self.add_node("node-restart", release_idle_s=3600)
+        node.client.attach(generation.id, self.node_a.address, generation.access_key)
+        engine = api.CloneEngine(self.conn, node.state_dir)
+        clone = engine.launch(generation.id, 1, name_prefix=f"{self.prefix}-r")[0]
+        self.addCleanup(self.destroy_quietly, engine, clone.uuid)
+        client = base.clone_agent(engine, clone.uuid)
+        self.addCleanup(client.close)
+        client.wait_ready(timeout_s=60)
+        client.timeout_s = 180
+        cached = self.remote_stats(node, generation.id)["chunks_cached"]["memory.img"]
+
+        # The clone reads its whole pattern, most of it not fetched yet,
+        # while its node's page service is killed. (The origin is away at
+        # first, so that the clone is sure to be waiting for a page when the
+        # service dies.) Its reads wait, and go on once the service is back.
+        result: dict[str, object] = {}
+        reader = native.thread_class()(
+            target=lambda: result.update(reply=client.request("checksum"))
+        )
+        self.node_a.stop()
+        try:
+            reader.start()
+            time.sleep(1)
+            node.stop(signal.SIGKILL)
+        finally:
+            self.node_a.start()
+        time.sleep(1)
+        self.assertTrue(fusefront.is_mounted(node.mount_dir()), "the mount went with the service")
+        node.start()
+        reader.join(180)
+        self.assertEqual(self.expected, result.get("reply", {}).get("checksum"), result)
+        replayed = re.findall(r"A page service connected; (\d+) unanswered", node.log())
+        self.assertGreaterEqual(int(replayed[-1]), 1, replayed)
+        stats = self.remote_stats(node, generation.id)
+        self.assertGreater(stats["chunks_cached"]["memory.img"], cached + PATTERN_MIB // 2)
+        self.assertGreater(stats["bytes_fetched"], 0)  # by the new service
+        self.assertEqual(
+            libvirt.VIR_DOMAIN_RUNNING, self.conn.lookupByUUIDString(clone.uuid).state()[0]
+        )
+
+        # A clean stop (an upgrade) while the clone runs: the mount stays
+        # for the next run, and the clone goes on reading through it.
+        node.stop()
+        self.assertTrue(fusefront.is_mounted(node.mount_dir()))
+        self.assertIn("keeps", node.log().rsplit("stopping", 1)[-1])
+        node.start()
+        self.assertEqual(self.expected, client.request("checksum")["checksum"])
+        # Its generation counts as in use: the open files were handed over.
+        error = self.assertRaises(control.PageServiceError, node.client.release, generation.id)
+        self.assertIn("open file", str(error))
+
+        # Without clones, a stop takes the mount and the front along.
+        engine.destroy_clone(clone.uuid)
+        node.stop()
+        self.assertFalse(fusefront.is_mounted(node.mount_dir()))
+        self.assertIn("No file open: unmounting", node.log())
 
     def test_bad_attach_requests_change_nothing(self):
         before = sorted(self.engine_b.store.generation_ids())

@@ -1,0 +1,198 @@
+"""The FUSE front's relay, with a socket standing in for /dev/fuse (both
+keep message boundaries): requests outlive the page service that read them,
+the kernel's INIT is replayed and its second answer dropped, open files are
+counted, and only the front's own user may connect.
+
+The front runs in a process of its own, as it does beside a page service
+(and out of reach of the eventlet patching of nova's test package)."""
+
+from __future__ import annotations
+
+import array
+import fcntl
+import os
+import socket
+import subprocess
+import sys
+import termios
+import time
+
+import fixtures
+import testtools
+
+from nova_clonedriver.pageserver import fusefront
+
+# The front on an inherited descriptor (argv[1]) and socket path (argv[2]),
+# without a mount.
+RUN_FRONT = """
+import os, socket, sys
+from nova_clonedriver.pageserver import fusefront
+listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+os.umask(0o177)
+listener.bind(sys.argv[2])
+listener.listen(4)
+print("listening", flush=True)
+fusefront.Front(int(sys.argv[1]), listener, None).run()
+"""
+
+GETATTR = 3
+READ = 15
+TIMEOUT_S = 10
+
+
+def request(opcode: int, unique: int, nodeid: int = 1, body: bytes = b"") -> bytes:
+    size = fusefront.IN_HEADER.size + len(body)
+    return fusefront.IN_HEADER.pack(size, opcode, unique, nodeid, 0, 0, 1, 0, 0) + body
+
+
+def reply(unique: int, body: bytes = b"", error: int = 0) -> bytes:
+    return fusefront.OUT_HEADER.pack(fusefront.OUT_HEADER.size + len(body), error, unique) + body
+
+
+def unique_of(message: bytes) -> int:
+    return int(fusefront.IN_HEADER.unpack_from(message)[2])
+
+
+class TestFront(testtools.TestCase):
+    def setUp(self):
+        super().setUp()
+        self.useFixture(fixtures.FakeLogger())
+        self.root = self.useFixture(fixtures.TempDir()).path
+        self.path = os.path.join(self.root, "front.sock")
+        self.kernel, device = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.kernel.settimeout(TIMEOUT_S)
+        self.front = subprocess.Popen(
+            [sys.executable, "-c", RUN_FRONT, str(device.fileno()), self.path],
+            pass_fds=[device.fileno()],
+            stdout=subprocess.PIPE,
+            cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+        )
+        device.close()  # the front's now
+        self.addCleanup(self.front.wait, TIMEOUT_S)
+        self.addCleanup(self.front.kill)
+        self.addCleanup(self.kernel.close)
+        self.assertEqual(b"listening\n", self.front.stdout.readline())
+
+    def sent_to_front(self, *messages: bytes) -> None:
+        """Send as the kernel, and return once the front has read it all."""
+        for message in messages:
+            self.kernel.send(message)
+        unread = array.array("i", [1])
+        deadline = time.monotonic() + TIMEOUT_S
+        while unread[0] and time.monotonic() < deadline:
+            fcntl.ioctl(self.kernel.fileno(), termios.TIOCOUTQ, unread)
+            time.sleep(0.01)
+        self.assertEqual(0, unread[0], "the front read nothing")
+        time.sleep(0.05)  # and handled it
+
+    def daemon(self) -> tuple[socket.socket, dict[int, int]]:
+        sock, open_files = fusefront.connect(self.path)
+        sock.settimeout(TIMEOUT_S)
+        self.addCleanup(sock.close)
+        return sock, open_files
+
+    def test_a_new_page_service_gets_what_the_last_one_left_unanswered(self):
+        init = request(fusefront.OPCODE_INIT, 1, body=b"kernel-init")
+        self.kernel.send(init)
+        first, open_files = self.daemon()
+        self.assertEqual({}, open_files)
+        self.assertEqual(init, first.recv(4096))
+        first.send(reply(1, b"init-reply"))
+        self.assertEqual(reply(1, b"init-reply"), self.kernel.recv(4096))
+        self.kernel.send(request(fusefront.OPCODE_OPEN, 2, nodeid=77))
+        self.assertEqual(2, unique_of(first.recv(4096)))
+        first.send(reply(2, b"fh"))
+        self.assertEqual(reply(2, b"fh"), self.kernel.recv(4096))
+        read = request(READ, 3, nodeid=77, body=b"offset")
+        self.kernel.send(read)
+        self.assertEqual(read, first.recv(4096))
+        first.close()  # died before answering the read
+
+        # While no page service runs: a FORGET gets no reply (not kept);
+        # a GETATTR waits.
+        getattr_request = request(GETATTR, 5, nodeid=77)
+        self.sent_to_front(request(fusefront.OPCODE_FORGET, 4, nodeid=77), getattr_request)
+
+        second, open_files = self.daemon()
+        self.assertEqual({77: 1}, open_files)
+        self.assertEqual(init, second.recv(4096))  # libfuse answers nothing before it
+        self.assertEqual(read, second.recv(4096))
+        self.assertEqual(getattr_request, second.recv(4096))
+        second.send(reply(1, b"init-again"))  # dropped: the kernel had its answer
+        second.send(reply(5, b"attributes"))
+        second.send(reply(3, b"data"))
+        self.assertEqual(reply(5, b"attributes"), self.kernel.recv(4096))
+        self.assertEqual(reply(3, b"data"), self.kernel.recv(4096))
+        # Notifications (unique 0) pass.
+        second.send(reply(0, b"notify", error=1))
+        self.assertEqual(reply(0, b"notify", error=1), self.kernel.recv(4096))
+
+    def test_one_page_service_at_a_time(self):
+        self.daemon()
+        error = self.assertRaises(fusefront.FrontError, fusefront.connect, self.path)
+        self.assertIn("connected to the front already", str(error))
+
+    def test_stops_only_when_no_file_is_open(self):
+        self.kernel.send(request(fusefront.OPCODE_INIT, 1))
+        daemon, _ = self.daemon()
+        daemon.recv(4096)
+        daemon.send(reply(1))
+        self.kernel.recv(4096)
+        self.kernel.send(request(fusefront.OPCODE_OPEN, 2, nodeid=9))
+        daemon.recv(4096)
+        daemon.send(reply(2))
+        self.kernel.recv(4096)
+        self.kernel.send(request(fusefront.OPCODE_OPEN, 3, nodeid=9))
+        daemon.recv(4096)
+        daemon.send(reply(3, error=-13))  # refused: not open
+        self.kernel.recv(4096)
+        daemon.close()
+        _, open_files = self.daemon()  # what a new page service is told
+        self.assertEqual({9: 1}, open_files)
+
+        self.assertEqual({"stopping": False, "open_files": 1}, fusefront.stop(self.path))
+        self.assertIsNone(self.front.poll())
+        self.sent_to_front(request(fusefront.OPCODE_RELEASE, 4, nodeid=9))
+        self.assertEqual({"stopping": True, "open_files": 0}, fusefront.stop(self.path))
+        self.assertEqual(0, self.front.wait(TIMEOUT_S))
+
+    def test_stops_when_the_kernel_side_closes(self):
+        self.kernel.close()  # /dev/fuse of an unmounted file system
+        self.assertEqual(0, self.front.wait(TIMEOUT_S))
+
+    def test_unknown_operations_are_refused(self):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.addCleanup(sock.close)
+        sock.connect(self.path)
+        sock.send(b'{"op": "dump-memory"}')
+        self.assertIn(b"knows the operations serve and stop", sock.recv(4096))
+
+    def test_other_users_cannot_connect(self):
+        if os.getuid() != 0:
+            self.skipTest("needs root to become another user")
+        self.assertEqual(0o600, os.stat(self.path).st_mode & 0o777)
+        read_end, write_end = os.pipe()
+        child = os.fork()
+        if child == 0:  # pragma: no cover - the child reports through the pipe
+            os.setgid(65534)
+            os.setuid(65534)
+            try:
+                fusefront.connect(self.path)
+                result = b"connected"
+            except PermissionError:
+                result = b"refused"
+            except Exception as exc:
+                result = repr(exc).encode()
+            os.write(write_end, result)
+            os._exit(0)
+        os.close(write_end)
+        os.waitpid(child, 0)
+        self.assertEqual(b"refused", os.read(read_end, 4096))
+        os.close(read_end)
+
+
+class TestHeaders(testtools.TestCase):
+    def test_header_sizes_are_the_kernels(self):
+        # include/uapi/linux/fuse.h: fuse_in_header 40 bytes, fuse_out_header 16
+        self.assertEqual(40, fusefront.IN_HEADER.size)
+        self.assertEqual(16, fusefront.OUT_HEADER.size)
