@@ -21,6 +21,20 @@ def _ints(text: str) -> list[int]:
     return [int(v) for v in text.split(",")]
 
 
+def _without_note(argv: list[str]) -> list[str]:
+    """The command as recorded: its ``--note`` is shown apart."""
+    kept: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--note":
+            skip = True
+        elif not arg.startswith("--note="):
+            kept.append(arg)
+    return kept
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -35,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
             "demo",
             "nova",
             "remote",
+            "transfer",
             "debian",
             "cloud",
         ],
@@ -65,7 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--percents", type=_ints, default=[1, 10, 50], help="divergence")
     run.add_argument("--sizes", type=_ints, default=[256, 1024], help="pause: MiB list")
     run.add_argument(
-        "--delays", type=_ints, default=[0, 5], help="remote: link delays, ms each way"
+        "--delays",
+        type=_ints,
+        default=[0, 5],
+        help="remote, transfer: link delays, ms each way",
     )
     run.add_argument(
         "--record",
@@ -73,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
         help="also keep the result for the docs (doc/source/benchmarks)",
     )
     run.add_argument("--json", action="store_true", help="print the result as JSON")
+    run.add_argument(
+        "--note", help="a sentence for the docs' table of this result (what it is compared with)"
+    )
     sub.add_parser("report", help="rewrite doc/source/benchmarks.rst from recorded results")
     sub.add_parser("plot", help="draw PNG plots of recorded results (needs matplotlib)")
     args = parser.parse_args(argv)
@@ -100,6 +121,10 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks import remote
 
         data = remote.run(args.memory_mb, args.delays)
+    elif args.scenario == "transfer":
+        from benchmarks import transfer
+
+        data = transfer.run(args.memory_mb, args.delays)
     elif args.scenario == "debian":
         from benchmarks import debian
 
@@ -114,10 +139,13 @@ def main(argv: list[str] | None = None) -> int:
         data = nova_boot.run(args.clones)
     else:
         data = scenarios.demo(args.memory_mb, args.clones)
+    if args.note:
+        data["note"] = args.note
     result = {
         "scenario": args.scenario,
         "memory_mib": args.memory_mb,
-        "command": "python -m benchmarks " + shlex.join(sys.argv[1:] if argv is None else argv),
+        "command": "python -m benchmarks "
+        + shlex.join(_without_note(sys.argv[1:] if argv is None else argv)),
         "started_at": started.isoformat(timespec="seconds"),
         "machine": common.machine(),
         "result": data,

@@ -42,7 +42,7 @@ def run(memory_mib: int, delays_ms: list[int]) -> dict[str, Any]:
         # Clones before page services: a mount still mapped cannot go.
         testguest.destroy_all(bench.conn, bench.prefix)
         for node in nodes:
-            node.stop()
+            node.close()
         network.close()
         bench.close()
 
@@ -69,7 +69,7 @@ def _measure(
     master = bench.master(memory_mib)
     generation = bench.engine.bless(master.domain.name())
     local = _clone_run(bench, bench.engine, generation.id, "local")
-    streams = _start_stream_servers(origin_host, pki, origin)
+    streams = start_stream_servers(origin_host, pki, origin, STREAM_MIB)
     rows = []
     try:
         for delay_ms in delays_ms:
@@ -179,7 +179,7 @@ def _delay_rows(
             deadline = time.monotonic() + 4 * WORKING_SET_WINDOW_S
             while not os.path.exists(working_set) and time.monotonic() < deadline:
                 time.sleep(0.5)
-        node.stop()
+        node.close()
     return rows
 
 
@@ -220,9 +220,11 @@ def _fetched_mib(node: localnode.LocalNode, generation_id: str) -> float:
     return stats.get("bytes_fetched", 0) / 2**20
 
 
-def _start_stream_servers(
-    origin_host: netns.Host, pki: pki_mod.ThrowawayPKI, origin: localnode.LocalNode
+def start_stream_servers(
+    origin_host: netns.Host, pki: pki_mod.ThrowawayPKI, origin: localnode.LocalNode, mib: int
 ) -> dict[str, Any]:
+    """A plain TCP and a TLS server on the origin's host, each sending
+    ``mib`` MiB to every client (benchmarks.link)."""
     ports = {"tcp": localnode.free_port(), "tls": localnode.free_port()}
     command = [
         *origin_host.wrapper,
@@ -233,13 +235,13 @@ def _start_stream_servers(
         origin_host.address,
     ]
     servers = [
-        subprocess.Popen([*command, str(ports["tcp"]), "--mib", str(STREAM_MIB)]),
+        subprocess.Popen([*command, str(ports["tcp"]), "--mib", str(mib)]),
         subprocess.Popen(
             [
                 *command,
                 str(ports["tls"]),
                 "--mib",
-                str(STREAM_MIB),
+                str(mib),
                 "--tls",
                 origin.cert_file,
                 origin.key_file,

@@ -21,6 +21,7 @@ TITLES = {
     "demo": "The demo",
     "nova": "Through nova",
     "remote": "Remote clones",
+    "transfer": "Page service throughput (no guest)",
     "debian": "Debian guests: clones against cold boots",
     "cloud": "Debian guests through the one-machine cloud, on a tenant network",
 }
@@ -225,6 +226,27 @@ def table(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
                     f"{r['tls_stream_mib_s']}",
                 ]
             )
+        return header, rows
+    if kind == "transfer":
+        header = [
+            "delay ms each way",
+            "streams MiB/s: TCP / TLS",
+            "full prefetch MiB/s (x TLS)",
+            "reading in order MiB/s (x TLS)",
+            "receiving node CPU s per GiB: prefetch / reading",
+            "origin CPU s per GiB",
+        ]
+        rows = [
+            [
+                str(r["delay_ms"]),
+                f"{_spread(r['tcp_mib_s'])} / {_spread(r['tls_mib_s'])}",
+                f"{_spread(r['prefetch_mib_s'])} ({r['prefetch_of_tls']:.2f})",
+                f"{_spread(r['read_mib_s'])} ({r['read_of_tls']:.2f})",
+                f"{r['prefetch_cpu_s_per_gib']['median']} / {r['read_cpu_s_per_gib']['median']}",
+                f"{r['origin_cpu_s_per_gib']['median']}",
+            ]
+            for r in data["rows"]
+        ]
         return header, rows
     if kind == "debian":
         clones_s = data["rows"][0]["to_all_http_s"]

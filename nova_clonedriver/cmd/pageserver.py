@@ -38,6 +38,7 @@ def service_config(config: cfg.ConfigOpts) -> service.ServiceConfig:
         remote={
             "fetch_timeout_s": options.fetch_timeout_s,
             "max_inflight_fetches": options.max_inflight_fetches,
+            "connections_per_origin": options.connections_per_origin,
             "readahead_max_chunks": options.readahead_max_chunks,
             "working_set_window_s": options.working_set_window_s,
             "background_fetch_mib_per_s": options.background_fetch_mib_per_s,

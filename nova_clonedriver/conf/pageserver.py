@@ -91,13 +91,23 @@ OPTS = [
         "the replies of earlier ones (pipelining).",
     ),
     cfg.IntOpt(
+        "connections_per_origin",
+        default=2,
+        min=1,
+        max=16,
+        help="TLS connections to each origin node, each with a thread "
+        "of its own; FETCH requests are spread over them, so that "
+        "decrypting (and the origin's encrypting) uses more than "
+        "one core.",
+    ),
+    cfg.IntOpt(
         "readahead_max_chunks",
-        default=16,
+        default=32,
         min=0,
         help="Once a clone has read 5 chunks of a remote memory image "
-        "or disk in a row, fetch up to this many chunks (1 MiB "
-        "each by default) ahead of it before it asks, the window "
-        "doubling from 2 while the run goes on. Clones read most "
+        "or disk in a row, keep up to this many chunks (1 MiB "
+        "each by default) ahead of it on their way before it asks, "
+        "the window doubling from 2 while the run goes on. Clones read most "
         "of their memory in ascending runs; at the end of a run "
         "up to this many chunks are fetched that nobody reads. 0 "
         "fetches only what is read.",

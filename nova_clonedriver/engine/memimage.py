@@ -87,7 +87,7 @@ def find_bad_chunks(path: str, checksums: list[str | None]) -> list[int]:
     return bad
 
 
-def chunk_matches(data: bytes, expected: str | None) -> bool:
+def chunk_matches(data: bytes | bytearray, expected: str | None) -> bool:
     """Whether a chunk's bytes are those its checksum (``None``: zeros) says."""
     if expected is None:
         return data.count(0) == len(data)

@@ -48,7 +48,7 @@ class CachedFile:
     def cached_bytes(self) -> int:
         return os.fstat(self._fd).st_blocks * 512
 
-    def store(self, chunk: int, data: bytes | None) -> None:
+    def store(self, chunk: int, data: bytes | bytearray | None) -> None:
         """Keep a chunk from the origin (``None``: all zeros), after checking
         it against its checksum; refuse (and keep nothing of) a bad one."""
         expected_bytes = min(

@@ -18,7 +18,9 @@ from nova_clonedriver.pageserver import transport
 
 LOG = logging.getLogger(__name__)
 
-BULK_REQUEST_CHUNKS = 16  # per FETCH of a prefetch: several in flight at once
+# Per FETCH of a prefetch or read-ahead: several in flight at once, spread
+# over the connections to the origin.
+BULK_REQUEST_CHUNKS = 4
 
 
 class ChunkFetcher:
@@ -95,12 +97,16 @@ class ChunkFetcher:
             return
         if not bulk:
             self.stats.fetch_latency_ms.append((time.monotonic() - started) * 1000)
-        for chunk in chunks:
-            try:
-                # Checksum and write off the loop: hashing releases the GIL,
-                # so it overlaps with TLS decryption of the next chunks.
-                await loop.run_in_executor(None, cached.store, chunk, data[chunk])
-            except Exception as exc:
+        # Checksums and writes off the loop, the chunks of a request side by
+        # side: hashing and writing release the GIL.
+        results = await asyncio.gather(
+            *(loop.run_in_executor(None, cached.store, chunk, data[chunk]) for chunk in chunks),
+            return_exceptions=True,
+        )
+        for chunk, result in zip(chunks, results, strict=True):
+            if isinstance(result, BaseException):
+                if not isinstance(result, Exception):
+                    raise result
                 self.stats.counters["fetch_failures"] += 1
                 LOG.error(
                     "Chunk %d of file %d of %s from %s refused: %s",
@@ -108,9 +114,9 @@ class ChunkFetcher:
                     file_number,
                     self.generation_id,
                     self.origin.address,
-                    exc,
+                    result,
                 )
-                self._settle(file_number, chunk, exc)
+                self._settle(file_number, chunk, result)
                 continue
             self.stats.counters["chunks_fetched"] += 1
             self.stats.counters["bytes_fetched"] += len(data[chunk] or b"")

@@ -33,8 +33,8 @@ class LocalTransport(transport.Transport):
 
     async def fetch(
         self, generation_id: str, file_number: int, chunks: list[int]
-    ) -> dict[int, bytes | None]:
-        data: dict[int, bytes | None] = await self._run(
+    ) -> dict[int, transport.Chunk | None]:
+        data: dict[int, transport.Chunk | None] = await self._run(
             self._read, generation_id, file_number, chunks
         )
         return data
@@ -54,12 +54,19 @@ class LocalTransport(transport.Transport):
 
     def _read(
         self, node: str, generation_id: str, file_number: int, chunks: list[int]
-    ) -> dict[int, bytes | None]:
+    ) -> dict[int, transport.Chunk | None]:
         generation, path = self._origin.chunk_file(node, generation_id, file_number, chunks)
+        data: dict[int, transport.Chunk | None] = {}
         with open(path, "rb", buffering=0) as f:
-            return {
-                c: origin_mod.read_chunk(generation, file_number, f.fileno(), c) for c in chunks
-            }
+            for chunk in chunks:
+                buffer = bytearray(generation.chunk_size_bytes)
+                length = origin_mod.read_chunk(
+                    generation, file_number, f.fileno(), chunk, buffer, 0
+                )
+                if length is not None:
+                    del buffer[length:]
+                data[chunk] = None if length is None else buffer
+        return data
 
     async def _run(self, function: Any, *args: Any) -> Any:
         """File I/O off the event loop (the loop also serves FUSE reads)."""

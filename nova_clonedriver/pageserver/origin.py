@@ -11,15 +11,18 @@ pipeline requests.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import datetime
+import functools
 import json
 import logging
 import os
+import socket
 import ssl
+import threading
 from typing import Any
 
+from nova_clonedriver.engine import native
 from nova_clonedriver.engine import store as store_mod
 from nova_clonedriver.pageserver import protocol
 from nova_clonedriver.pageserver import ratelimit
@@ -34,6 +37,11 @@ WORKING_SET_FILE = "working-set.json"
 MAX_CLONES_PER_PEER = 4096
 # A peer that connects and says nothing holds a connection this long.
 HANDSHAKE_TIMEOUT_S = 10.0
+# A peer's connection with no request this long is closed (peers connect
+# again when they need to).
+IDLE_TIMEOUT_S = 600.0
+# Connections (threads) at once; more are closed at once.
+MAX_CONNECTIONS = 256
 
 
 def file_paths(generation: store_mod.Generation) -> list[str]:
@@ -57,6 +65,9 @@ class OriginStore:
 
     def __init__(self, store: store_mod.SnapshotStore) -> None:
         self.store = store
+        # Peer references and working sets are files rewritten in place:
+        # one change at a time, whichever connection asks.
+        self._lock = threading.Lock()
 
     def open(
         self, node: str, generation_id: object, clones: object, key: object
@@ -74,15 +85,16 @@ class OriginStore:
             or not all(isinstance(c, str) and len(c) <= 64 for c in clones)
         ):
             raise protocol.ProtocolError("OPEN clones must be a list of clone ids")
-        self.store.set_peer_reference(
-            generation,
-            store_mod.PeerReference(
-                node=node,
-                generation=generation.id,
-                clones=sorted(clones),
-                updated_at=datetime.datetime.now(datetime.timezone.utc).isoformat(),
-            ),
-        )
+        with self._lock:
+            self.store.set_peer_reference(
+                generation,
+                store_mod.PeerReference(
+                    node=node,
+                    generation=generation.id,
+                    clones=sorted(clones),
+                    updated_at=datetime.datetime.now(datetime.timezone.utc).isoformat(),
+                ),
+            )
         LOG.info("Peer %s holds %d clone(s) of %s", node, len(clones), generation.id)
         return {
             "generation": generation.to_json(),
@@ -91,7 +103,8 @@ class OriginStore:
 
     def release(self, node: str, generation_id: object) -> None:
         generation = self.opened(node, generation_id)
-        self.store.drop_peer_reference(generation, node)
+        with self._lock:
+            self.store.drop_peer_reference(generation, node)
         LOG.info("Peer %s released %s", node, generation.id)
 
     def working_set(self, node: str, generation_id: object) -> list[int]:
@@ -112,7 +125,9 @@ class OriginStore:
         ):
             raise protocol.ProtocolError("working set must be a list of chunk numbers")
         path = os.path.join(generation.directory, WORKING_SET_FILE)
-        if not os.path.exists(path):  # the first node's recording stays
+        with self._lock:
+            if os.path.exists(path):  # the first node's recording stays
+                return
             store_mod.write_json_atomic(path, chunks)
             LOG.info(
                 "Peer %s recorded a working set of %d chunks for %s",
@@ -165,18 +180,29 @@ def _reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+@functools.lru_cache(maxsize=4)
+def _zeros(length: int) -> bytes:
+    return bytes(length)
+
+
 def read_chunk(
-    generation: store_mod.Generation, file_number: int, fd: int, chunk: int
-) -> bytes | None:
-    """A chunk of an open generation file; ``None`` when it is all zeros
-    (memory: known from its checksum; disks: a hole or zeros read)."""
+    generation: store_mod.Generation,
+    file_number: int,
+    fd: int,
+    chunk: int,
+    buffer: bytearray,
+    at: int,
+) -> int | None:
+    """Read a chunk of an open generation file into ``buffer`` at offset
+    ``at``: its length, or ``None`` when it is all zeros (memory: known from
+    its checksum; disks: a hole or zeros read)."""
     if file_number == protocol.MEMORY_FILE and generation.chunks[chunk] is None:
         return None
     size = generation.chunk_size_bytes
-    data = os.pread(fd, size, chunk * size)
-    if file_number != protocol.MEMORY_FILE and data.count(0) == len(data):
+    length = os.preadv(fd, [memoryview(buffer)[at : at + size]], chunk * size)
+    if file_number != protocol.MEMORY_FILE and buffer.startswith(_zeros(length), at):
         return None
-    return data
+    return length
 
 
 class OriginServer:
@@ -192,58 +218,97 @@ class OriginServer:
         self.stats = stats
         self._ssl_context = ssl_context
         self._refusals = ratelimit.RateLimitedLog(LOG)
+        self._listener: socket.socket | None = None
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
 
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Serve one connection: the TLS handshake here rather than in
-        asyncio's server, which would drop a failed one without a word."""
-        address = writer.get_extra_info("peername")
-        host = str(address[0]) if address else "?"
+    def start(self, host: str, port: int) -> socket.socket:
+        """Listen on ``host``:``port`` (OSError if it cannot) and serve from
+        a thread of its own; returns the listening socket."""
+        self._listener = socket.create_server(
+            (host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET
+        )
+        native.thread_class()(target=self._accept, name="origin-accept", daemon=True).start()
+        return self._listener
+
+    def close(self) -> None:
+        """Stop accepting; connections end with the process."""
+        if self._listener is not None:
+            self._listener.close()
+
+    def _accept(self) -> None:
+        assert self._listener is not None
+        while True:
+            try:
+                raw, address = self._listener.accept()
+            except OSError:
+                return  # closed
+            if not self._slots.acquire(blocking=False):
+                self._refusals.warning(
+                    "connections", "Refusing a peer: %d connections already", MAX_CONNECTIONS
+                )
+                raw.close()
+                continue
+            native.thread_class()(
+                target=self._connection, args=(raw, str(address[0])), daemon=True
+            ).start()
+
+    def _connection(self, raw: socket.socket, host: str) -> None:
         try:
-            await writer.start_tls(self._ssl_context, ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S)
-            peer = tls.peer_name(writer.get_extra_info("peercert"))
+            self.handle(raw, host)
+        finally:
+            self._slots.release()
+
+    def handle(self, raw: socket.socket, host: str) -> None:
+        """Serve one connection, from its TLS handshake to its end."""
+        raw.settimeout(HANDSHAKE_TIMEOUT_S)
+        try:
+            sock = self._ssl_context.wrap_socket(raw, server_side=True)
+            peer = tls.peer_name(sock.getpeercert())
         except (ssl.SSLError, tls.CertificateError, ConnectionError, TimeoutError) as exc:
             self.stats.count_origin("refused_handshakes")
             self._refusals.warning(
                 host, "Refusing a peer: %s in the TLS handshake: %s", host, _reason(exc)
             )
-            writer.close()
+            raw.close()
             return
         LOG.debug("Peer %s connected from %s", peer, host)
+        sock.settimeout(IDLE_TIMEOUT_S)
         try:
-            await self._serve(peer, reader, writer)
-        except (asyncio.IncompleteReadError, ConnectionError):
-            LOG.debug("Peer %s disconnected", peer)
+            self._serve(peer, sock)
+        except (ConnectionError, TimeoutError, ssl.SSLError) as exc:
+            LOG.debug("Peer %s disconnected: %s", peer, exc)
         except protocol.ProtocolError as exc:
             LOG.warning("Closing the connection of peer %s: %s", peer, exc)
             self.stats.count_origin("malformed_requests")
-            writer.write(protocol.encode_json(Kind.ERROR, 0, {"error": str(exc)}))
-            with contextlib.suppress(ConnectionError):
-                await writer.drain()
+            with contextlib.suppress(OSError):
+                sock.sendall(protocol.encode_json(Kind.ERROR, 0, {"error": str(exc)}))
         finally:
-            writer.close()
+            with contextlib.suppress(OSError):
+                sock.close()
 
-    async def _serve(
-        self, peer: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
+    def _serve(self, peer: str, sock: ssl.SSLSocket) -> None:
+        buffer = bytearray()  # FETCH replies, one chunk at a time
         while True:
-            kind, _flags, request_id, payload = await protocol.read_message(
-                reader, protocol.MAX_REQUEST_BYTES
-            )
+            try:
+                kind, _flags, request_id, payload = protocol.read_message(
+                    sock, protocol.MAX_REQUEST_BYTES
+                )
+            except protocol.ConnectionClosed:
+                return
             if kind not in protocol.REQUEST_KINDS:
                 raise protocol.ProtocolError(f"{kind.name} is not a request")
             try:
                 if kind == Kind.FETCH:
-                    await self._fetch(peer, request_id, payload, writer)
+                    self._fetch(peer, request_id, payload, sock, buffer)
                 else:
-                    reply = await self._json_request(peer, kind, protocol.decode_json(payload))
-                    writer.write(protocol.encode_json(Kind.OK, request_id, reply))
+                    reply = self._json_request(peer, kind, protocol.decode_json(payload))
+                    sock.sendall(protocol.encode_json(Kind.OK, request_id, reply))
             except transport.Refused as exc:
                 LOG.warning("Peer %s: %s refused: %s", peer, kind.name, exc)
                 self.stats.count_origin("refused_requests")
-                writer.write(protocol.encode_json(Kind.ERROR, request_id, {"error": str(exc)}))
-            await writer.drain()
+                sock.sendall(protocol.encode_json(Kind.ERROR, request_id, {"error": str(exc)}))
 
-    async def _json_request(self, peer: str, kind: Kind, data: dict[str, Any]) -> dict[str, Any]:
+    def _json_request(self, peer: str, kind: Kind, data: dict[str, Any]) -> dict[str, Any]:
         generation_id = data.get("generation")
         if kind == Kind.OPEN:
             return self.origin.open(peer, generation_id, data.get("clones", []), data.get("key"))
@@ -255,17 +320,25 @@ class OriginServer:
         self.origin.record_working_set(peer, generation_id, data.get("chunks"))
         return {}
 
-    async def _fetch(
-        self, peer: str, request_id: int, payload: bytes, writer: asyncio.StreamWriter
+    def _fetch(
+        self,
+        peer: str,
+        request_id: int,
+        payload: bytearray,
+        sock: ssl.SSLSocket,
+        buffer: bytearray,
     ) -> None:
+        """Each chunk is read into ``buffer`` behind its header and sent from
+        there: no copy on the way but encryption's."""
         generation_id, file_number, chunks = protocol.decode_fetch(payload)
         generation, path = self.origin.chunk_file(peer, generation_id, file_number, chunks)
-        loop = asyncio.get_running_loop()
+        head = protocol.DATA_HEAD_BYTES
+        if len(buffer) < head + generation.chunk_size_bytes:
+            buffer.extend(bytes(head + generation.chunk_size_bytes - len(buffer)))
+        view = memoryview(buffer)
         with open(path, "rb", buffering=0) as f:
             for chunk in chunks:
-                data = await loop.run_in_executor(
-                    None, read_chunk, generation, file_number, f.fileno(), chunk
-                )
-                writer.write(protocol.encode_data(request_id, chunk, data))
-                self.stats.served(generation.id, peer, 0 if data is None else len(data))
-                await writer.drain()
+                length = read_chunk(generation, file_number, f.fileno(), chunk, buffer, head)
+                view[:head] = protocol.data_head(request_id, chunk, length)
+                sock.sendall(view[: head + (length or 0)])
+                self.stats.served(generation.id, peer, length or 0)

@@ -20,9 +20,9 @@ Requests:
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import json
+import socket
 import struct
 from typing import Any
 
@@ -36,7 +36,8 @@ CHUNK_INDEX = struct.Struct("!I")
 MAX_REQUEST_BYTES = 64 * 1024
 MAX_CHUNKS_PER_FETCH = 256
 # A reply carries at most one chunk plus its index.
-MAX_REPLY_BYTES = (4 << 20) + CHUNK_INDEX.size
+MAX_CHUNK_BYTES = 4 << 20
+MAX_REPLY_BYTES = MAX_CHUNK_BYTES + CHUNK_INDEX.size
 
 # File numbers of FETCH: the memory image, the device state, then disk k
 # (in the order of the generation's ``disks``) as DISK_BASE_FILE + k.
@@ -73,12 +74,14 @@ def encode_json(kind: Kind, request_id: int, data: Any) -> bytes:
     return encode(kind, request_id, json.dumps(data).encode())
 
 
-async def read_message(
-    reader: asyncio.StreamReader, max_payload_bytes: int
-) -> tuple[Kind, int, int, bytes]:
-    """(kind, flags, request id, payload); ProtocolError for anything that
-    is not a well-formed message of acceptable size."""
-    header = await reader.readexactly(HEADER.size)
+class ConnectionClosed(ConnectionError):
+    """The other side closed the connection (between or within messages)."""
+
+
+def parse_header(header: bytes | bytearray, max_payload_bytes: int) -> tuple[Kind, int, int, int]:
+    """(kind, flags, request id, payload length) of a message header;
+    ProtocolError for anything that does not start a well-formed message of
+    acceptable size, before its payload is read."""
     magic, kind, flags, request_id, length = HEADER.unpack(header)
     if magic != MAGIC:
         raise ProtocolError("bad magic: not a page service peer")
@@ -88,10 +91,33 @@ async def read_message(
         raise ProtocolError(f"unknown message kind {kind}") from None
     if length > max_payload_bytes:
         raise ProtocolError(f"message of {length} bytes exceeds the limit of {max_payload_bytes}")
-    return kind, flags, request_id, await reader.readexactly(length)
+    return kind, flags, request_id, length
 
 
-def decode_json(payload: bytes) -> dict[str, Any]:
+def receive_exactly(sock: socket.socket, size: int) -> bytearray:
+    """``size`` bytes from a blocking socket (TLS included); raises
+    ConnectionClosed if it closes first."""
+    buffer = bytearray(size)
+    view = memoryview(buffer)
+    received = 0
+    while received < size:
+        count = sock.recv_into(view[received:], size - received)
+        if not count:
+            raise ConnectionClosed(f"connection closed {received} bytes into {size}")
+        received += count
+    return buffer
+
+
+def read_message(sock: socket.socket, max_payload_bytes: int) -> tuple[Kind, int, int, bytearray]:
+    """(kind, flags, request id, payload) of the next message on a blocking
+    socket; ProtocolError as parse_header, ConnectionClosed."""
+    kind, flags, request_id, length = parse_header(
+        receive_exactly(sock, HEADER.size), max_payload_bytes
+    )
+    return kind, flags, request_id, receive_exactly(sock, length)
+
+
+def decode_json(payload: bytes | bytearray) -> dict[str, Any]:
     try:
         data = json.loads(payload)
     except ValueError as exc:
@@ -107,7 +133,7 @@ def encode_fetch(generation_id: str, file_number: int, chunks: list[int]) -> byt
     )
 
 
-def decode_fetch(payload: bytes) -> tuple[str, int, list[int]]:
+def decode_fetch(payload: bytes | bytearray) -> tuple[str, int, list[int]]:
     if len(payload) < FETCH_HEAD.size:
         raise ProtocolError("FETCH request too short")
     raw_id, file_number, count = FETCH_HEAD.unpack_from(payload)
@@ -126,17 +152,26 @@ def decode_fetch(payload: bytes) -> tuple[str, int, list[int]]:
     return generation_id, file_number, chunks
 
 
-def encode_data(request_id: int, chunk: int, data: bytes | None) -> bytes:
-    """One chunk of a FETCH reply; ``None`` for an all-zero chunk."""
-    if data is None:
+DATA_HEAD_BYTES = HEADER.size + CHUNK_INDEX.size
+
+
+def data_head(request_id: int, chunk: int, length: int | None) -> bytes:
+    """The header of one chunk of a FETCH reply, its bytes to follow;
+    ``None``: an all-zero chunk (flag ZERO, no bytes follow)."""
+    if length is None:
         return encode(Kind.DATA, request_id, CHUNK_INDEX.pack(chunk), FLAG_ZERO)
-    return encode(Kind.DATA, request_id, CHUNK_INDEX.pack(chunk) + data)
+    return HEADER.pack(MAGIC, Kind.DATA, 0, request_id, CHUNK_INDEX.size + length) + (
+        CHUNK_INDEX.pack(chunk)
+    )
 
 
-def decode_data(flags: int, payload: bytes) -> tuple[int, bytes | None]:
+def decode_data(flags: int, payload: bytearray) -> tuple[int, bytearray | None]:
+    """(chunk, its bytes) of a DATA reply: the payload itself, its chunk
+    index cut off (CPython does that without copying); ``None``: all zeros."""
     if len(payload) < CHUNK_INDEX.size:
         raise ProtocolError("DATA message too short")
     chunk = CHUNK_INDEX.unpack_from(payload)[0]
     if flags & FLAG_ZERO:
         return chunk, None
-    return chunk, payload[CHUNK_INDEX.size :]
+    del payload[: CHUNK_INDEX.size]
+    return chunk, payload

@@ -61,7 +61,10 @@ class ReadAhead:
         if stream.run_chunks < READ_AHEAD_AFTER_CHUNKS:
             return
         stream.window_chunks = min(max(2 * stream.window_chunks, 2), self.max_chunks)
-        if last + stream.window_chunks // 2 < stream.ahead_until:
+        # Keep the window nearly full (a request's worth short of it): a
+        # reader faster than the link then never drains what is on its way.
+        step = min(fetcher_mod.BULK_REQUEST_CHUNKS, max(1, stream.window_chunks // 2))
+        if stream.ahead_until - last > stream.window_chunks - step:
             return  # enough is on its way
         end = min(last + stream.window_chunks, self.fetcher.files[file_number].chunk_count - 1)
         start = max(last, stream.ahead_until) + 1

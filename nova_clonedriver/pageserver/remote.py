@@ -51,10 +51,11 @@ class Settings:
     cache_dir: str
     fetch_timeout_s: float = 60
     max_inflight_fetches: int = 8
+    connections_per_origin: int = 2
     working_set_window_s: float = 20
     background_fetch_mib_per_s: int = 0
     release_idle_s: float = 300
-    readahead_max_chunks: int = 16
+    readahead_max_chunks: int = 32
 
 
 class RemoteGenerations:
@@ -74,6 +75,7 @@ class RemoteGenerations:
             ssl_context=ssl_context,
             timeout_s=settings.fetch_timeout_s,
             max_inflight=settings.max_inflight_fetches,
+            connections=settings.connections_per_origin,
         )
         self._origins: dict[str, transport.Transport] = {}
         self._presented: dict[str, presented_mod.Presented] = {}
@@ -273,7 +275,7 @@ class RemoteGenerations:
         directory: str,
     ) -> None:
         count = origin_mod.chunk_count(size, generation.chunk_size_bytes)
-        chunks: dict[int, bytes | None] = {}
+        chunks: dict[int, transport.Chunk | None] = {}
         step = protocol.MAX_CHUNKS_PER_FETCH
         for start in range(0, count, step):
             chunks.update(

@@ -1,11 +1,13 @@
 """nova-clone-pageserver: one per compute node.
 
-Runs, in one asyncio loop: the TLS server that serves this node's
-generations to peers (origin.py), the FUSE file system that presents other
-nodes' generations here (fusefs.py, remote.py, presented.py), the local control socket
-(control.py), and the periodic reconcile that keeps origins' reference
-counts right and frees what no clone uses. The FUSE mount itself is held by
-the FUSE front (fusefront.py), which outlives the service.
+Runs the TLS server that serves this node's generations to peers
+(origin.py, a thread per connection) and, in one asyncio loop: the FUSE
+file system that presents other nodes' generations here (fusefs.py,
+remote.py, presented.py; its connections to origins have threads of their
+own, peer.py), the local control socket (control.py), and the periodic
+reconcile that keeps origins' reference counts right and frees what no
+clone uses. The FUSE mount itself is held by the FUSE front
+(fusefront.py), which outlives the service.
 """
 
 from __future__ import annotations
@@ -84,7 +86,7 @@ class PageService:
             loop.add_signal_handler(signum, self._stop.set)
         certs = (config.tls_cert_file, config.tls_key_file, config.tls_ca_file)
         origin = origin_mod.OriginServer(self.store, self.stats, tls.server_context(*certs))
-        tcp = await asyncio.start_server(origin.handle, config.listen_host, config.listen_port)
+        origin.start(config.listen_host, config.listen_port)
         self.remote = remote_mod.RemoteGenerations(
             self.store,
             self.stats,
@@ -102,7 +104,10 @@ class PageService:
         controls = await control.serve(
             config.socket_path(), self._control, config.control_socket_group
         )
-        servers: list[asyncio.AbstractServer | metrics.Endpoint] = [tcp, controls]
+        servers: list[asyncio.AbstractServer | metrics.Endpoint | origin_mod.OriginServer] = [
+            origin,
+            controls,
+        ]
         if config.metrics_port:
             servers.append(
                 await metrics.serve(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import statistics
+import threading
 import typing
 from typing import Any
 from typing import Literal
@@ -35,6 +36,9 @@ class GenerationStats:
 
 
 class Stats:
+    """The origin's counters are counted by its connections' threads; the
+    remote ones on the event loop."""
+
     def __init__(self) -> None:
         self.remote: dict[str, GenerationStats] = collections.defaultdict(GenerationStats)
         self.origin: collections.Counter[str] = collections.Counter()
@@ -42,25 +46,27 @@ class Stats:
         self.served_to: dict[str, dict[str, collections.Counter[str]]] = collections.defaultdict(
             lambda: collections.defaultdict(collections.Counter)
         )
+        self._origin_lock = threading.Lock()
 
     def count_origin(self, what: OriginCounter) -> None:
-        self.origin[what] += 1
+        with self._origin_lock:
+            self.origin[what] += 1
 
     def served(self, generation_id: str, peer: str, nbytes: int) -> None:
-        counters = self.served_to[generation_id][peer]
-        counters["chunks_served"] += 1
-        counters["bytes_served"] += nbytes
-        if not nbytes:
-            counters["zero_chunks_served"] += 1
+        with self._origin_lock:
+            counters = self.served_to[generation_id][peer]
+            counters["chunks_served"] += 1
+            counters["bytes_served"] += nbytes
+            if not nbytes:
+                counters["zero_chunks_served"] += 1
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "origin": {
+        with self._origin_lock:
+            origin = {
                 "requests": {k: self.origin[k] for k in ORIGIN_REQUEST_COUNTERS},
                 "generations": {
                     g: {p: dict(c) for p, c in peers.items()}
                     for g, peers in self.served_to.items()
                 },
-            },
-            "remote": {g: s.to_json() for g, s in self.remote.items()},
-        }
+            }
+        return {"origin": origin, "remote": {g: s.to_json() for g, s in self.remote.items()}}

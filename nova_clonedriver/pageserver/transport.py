@@ -27,6 +27,9 @@ from stevedore import driver
 from nova_clonedriver.engine import store as store_mod
 
 NAMESPACE = "nova_clonedriver.pageserver.transports"
+# A chunk's bytes as a transport got them (received into a bytearray of its
+# own, or read into one: never copied again).
+Chunk = bytes | bytearray
 DEFAULT_SCHEME = "peer"
 
 
@@ -83,6 +86,7 @@ class Context:
     ssl_context: ssl.SSLContext
     timeout_s: float
     max_inflight: int
+    connections: int = 1  # to each origin, where the transport has connections
 
 
 class Transport(abc.ABC):
@@ -116,7 +120,7 @@ class Transport(abc.ABC):
     @abc.abstractmethod
     async def fetch(
         self, generation_id: str, file_number: int, chunks: list[int]
-    ) -> dict[int, bytes | None]:
+    ) -> dict[int, Chunk | None]:
         """Each of ``chunks`` of FETCH file ``file_number`` (protocol.py).
 
         :returns: chunk -> its bytes, ``None`` for a chunk of zeros; every

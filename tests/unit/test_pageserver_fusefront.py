@@ -3,8 +3,9 @@ keep message boundaries): requests outlive the page service that read them,
 the kernel's INIT is replayed and its second answer dropped, open files are
 counted, and only the front's own user may connect.
 
-The front runs in a process of its own, as it does beside a page service
-(and out of reach of the eventlet patching of nova's test package)."""
+The front runs in a process of its own, as it does beside a page service,
+and each test in a fresh process (tests/fresh.py), as the page service's
+side of the socket does not run under eventlet either."""
 
 from __future__ import annotations
 
@@ -21,12 +22,14 @@ import fixtures
 import testtools
 
 from nova_clonedriver.pageserver import fusefront
+from tests.fresh import in_a_fresh_process
 
 # The front on an inherited descriptor (argv[1]) and socket path (argv[2]),
 # without a mount.
 RUN_FRONT = """
 import os, socket, sys
 from nova_clonedriver.pageserver import fusefront
+from tests.fresh import in_a_fresh_process
 listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
 os.umask(0o177)
 listener.bind(sys.argv[2])
@@ -91,6 +94,7 @@ class TestFront(testtools.TestCase):
         self.addCleanup(sock.close)
         return sock, open_files
 
+    @in_a_fresh_process
     def test_a_new_page_service_gets_what_the_last_one_left_unanswered(self):
         init = request(fusefront.OPCODE_INIT, 1, body=b"kernel-init")
         self.kernel.send(init)
@@ -127,11 +131,13 @@ class TestFront(testtools.TestCase):
         second.send(reply(0, b"notify", error=1))
         self.assertEqual(reply(0, b"notify", error=1), self.kernel.recv(4096))
 
+    @in_a_fresh_process
     def test_one_page_service_at_a_time(self):
         self.daemon()
         error = self.assertRaises(fusefront.FrontError, fusefront.connect, self.path)
         self.assertIn("connected to the front already", str(error))
 
+    @in_a_fresh_process
     def test_stops_only_when_no_file_is_open(self):
         self.kernel.send(request(fusefront.OPCODE_INIT, 1))
         daemon, _ = self.daemon()
@@ -156,10 +162,12 @@ class TestFront(testtools.TestCase):
         self.assertEqual({"stopping": True, "open_files": 0}, fusefront.stop(self.path))
         self.assertEqual(0, self.front.wait(TIMEOUT_S))
 
+    @in_a_fresh_process
     def test_stops_when_the_kernel_side_closes(self):
         self.kernel.close()  # /dev/fuse of an unmounted file system
         self.assertEqual(0, self.front.wait(TIMEOUT_S))
 
+    @in_a_fresh_process
     def test_unknown_operations_are_refused(self):
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.addCleanup(sock.close)
@@ -167,6 +175,7 @@ class TestFront(testtools.TestCase):
         sock.send(b'{"op": "dump-memory"}')
         self.assertIn(b"knows the operations serve and stop", sock.recv(4096))
 
+    @in_a_fresh_process
     def test_other_users_cannot_connect(self):
         if os.getuid() != 0:
             self.skipTest("needs root to become another user")

@@ -1,6 +1,8 @@
 """The origin's TLS handshake with peers and a peer's view of an origin that
 went away, over real TLS on the loopback: who is refused, how fast a
-request fails, what the log and the stats say."""
+request fails, what the log and the stats say. Both sides run threads with
+blocking sockets, as in the page service: each test in a process of its
+own (tests/fresh.py)."""
 
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from nova_clonedriver.pageserver import stats as stats_mod
 from nova_clonedriver.pageserver import tls
 from nova_clonedriver.pageserver import transport
 from nova_clonedriver.pageserver.protocol import Kind
+from tests.fresh import in_a_fresh_process
 
 
 class OriginCase(testtools.TestCase):
@@ -57,15 +60,13 @@ class TestHandshake(OriginCase):
         """For each client context: a connection to the origin, one request
         for an unknown generation; the reply's kind, or None if the origin
         hung up."""
-        server = await asyncio.start_server(self.server.handle, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
+        port = self.server.start("127.0.0.1", 0).getsockname()[1]
         kinds = []
         try:
             for context in contexts:
                 kinds.append(await self._one(port, context))
         finally:
-            server.close()
-            await server.wait_closed()
+            self.server.close()
         return kinds
 
     async def _one(self, port, context):
@@ -76,21 +77,23 @@ class TestHandshake(OriginCase):
             )
             writer.write(request)
             await writer.drain()
-            kind, _flags, _id, _payload = await protocol.read_message(reader, 1 << 20)
+            header = await reader.readexactly(protocol.HEADER.size)
             writer.close()
-            return kind
+            return protocol.parse_header(header, 1 << 20)[0]
         except (ssl.SSLError, ConnectionError, asyncio.IncompleteReadError):
             return None
 
     def refusals(self):
         return [line for line in self.log.output.splitlines() if "Refusing a peer" in line]
 
+    @in_a_fresh_process
     def test_a_peer_of_the_deployment_gets_an_answer(self):
         kinds = asyncio.run(self.exchange([self.client(self.pki)]))
         self.assertEqual([Kind.ERROR], kinds)  # an answer: no such generation
         self.assertEqual([], self.refusals())
         self.assertEqual(0, self.stats.to_json()["origin"]["requests"]["refused_handshakes"])
 
+    @in_a_fresh_process
     def test_refused_handshakes_are_logged_with_address_and_reason(self):
         kinds = asyncio.run(self.exchange([self.client()]))
         self.assertEqual([None], kinds)
@@ -106,6 +109,7 @@ class TestHandshake(OriginCase):
         self.assertIn("certificate not accepted", line)
         self.assertEqual(2, self.stats.to_json()["origin"]["requests"]["refused_handshakes"])
 
+    @in_a_fresh_process
     def test_a_flood_of_refusals_is_one_line_per_minute_and_all_counted(self):
         asyncio.run(self.exchange([self.client()] * 20))
         self.assertEqual(1, len(self.refusals()))
@@ -152,6 +156,7 @@ class TestUnreachableOrigin(OriginCase):
 
     TIMEOUT_S = 3.0
 
+    @in_a_fresh_process
     def test_after_one_timeout_requests_fail_fast_until_it_answers(self):
         self.useFixture(fixtures.MockPatchObject(peer, "PROBE_TIMEOUT_S", 0.3))
         asyncio.run(self._scenario())
@@ -177,7 +182,7 @@ class TestUnreachableOrigin(OriginCase):
         self.assertLess(time.monotonic() - started, self.TIMEOUT_S / 2)
         self.assertIn("is unreachable: requests to it now fail", self.log.output)
 
-        server = await asyncio.start_server(self.server.handle, "127.0.0.1", port)
+        self.server.start("127.0.0.1", port)
         try:
             with self.assertRaisesRegex(transport.Refused, "no snapshot generation"):
                 await client.request_json(Kind.OPEN, request)
@@ -185,5 +190,4 @@ class TestUnreachableOrigin(OriginCase):
             self.assertIsNone(client._unreachable_since)
         finally:
             await client.close()
-            server.close()
-            await server.wait_closed()
+            self.server.close()

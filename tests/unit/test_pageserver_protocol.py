@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
+import socket
 
 import testtools
 
@@ -11,13 +11,19 @@ from nova_clonedriver.pageserver.protocol import Kind
 
 
 def read(data: bytes, max_payload_bytes: int = protocol.MAX_REQUEST_BYTES):
-    async def go():
-        reader = asyncio.StreamReader()
-        reader.feed_data(data)
-        reader.feed_eof()
-        return await protocol.read_message(reader, max_payload_bytes)
+    """The message ``data`` holds, read from a socket as the peers do."""
+    sender, receiver = socket.socketpair()
+    with sender, receiver:
+        sender.sendall(data)
+        sender.shutdown(socket.SHUT_WR)
+        return protocol.read_message(receiver, max_payload_bytes)
 
-    return asyncio.run(go())
+
+def data_message(request_id: int, chunk: int, data: bytes | None) -> bytes:
+    """A DATA reply as an origin sends it."""
+    return protocol.data_head(request_id, chunk, None if data is None else len(data)) + (
+        data or b""
+    )
 
 
 class TestMessages(testtools.TestCase):
@@ -34,9 +40,9 @@ class TestMessages(testtools.TestCase):
             error = self.assertRaises(protocol.ProtocolError, read, data)
             self.assertIn(message, str(error))
 
-    def test_a_truncated_message_is_an_incomplete_read(self):
+    def test_a_truncated_message_is_a_closed_connection(self):
         self.assertRaises(
-            asyncio.IncompleteReadError, read, protocol.encode(Kind.OPEN, 1, b"{}")[:-1]
+            protocol.ConnectionClosed, read, protocol.encode(Kind.OPEN, 1, b"{}")[:-1]
         )
 
     def test_json_payload_must_be_an_object(self):
@@ -70,8 +76,11 @@ class TestFetch(testtools.TestCase):
             self.assertIn(message, str(error))
 
     def test_data_carries_bytes_or_says_zero(self):
-        _, flags, _, payload = read(protocol.encode_data(5, 9, b"abc"), protocol.MAX_REPLY_BYTES)
+        kind, flags, request_id, payload = read(
+            data_message(5, 9, b"abc"), protocol.MAX_REPLY_BYTES
+        )
+        self.assertEqual((Kind.DATA, 5), (kind, request_id))
         self.assertEqual((9, b"abc"), protocol.decode_data(flags, payload))
-        _, flags, _, payload = read(protocol.encode_data(5, 9, None), protocol.MAX_REPLY_BYTES)
+        _, flags, _, payload = read(data_message(5, 9, None), protocol.MAX_REPLY_BYTES)
         self.assertEqual((9, None), protocol.decode_data(flags, payload))
-        self.assertRaises(protocol.ProtocolError, protocol.decode_data, 0, b"\0")
+        self.assertRaises(protocol.ProtocolError, protocol.decode_data, 0, bytearray(b"\0"))

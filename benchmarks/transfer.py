@@ -1,0 +1,239 @@
+"""Scenario: how fast the page service moves memory between nodes.
+
+No guest: node A (the origin, in its own network namespace) serves a
+generation of random data written for the run; for each link delay, node B
+(a fresh page service and cache each time) gets all of it, once by a full
+prefetch and once by reading its FUSE file from start to end without any
+prefetch (what a clone reading its memory in order causes: on-demand
+fetches and read-ahead), each checked chunk by chunk against the bless-time
+checksums. Both against a plain TCP and a TLS stream of the same size over
+the same link, in the same run; the ratios are the point. The CPU time the
+receiving node (page service and FUSE front) and the origin used per GiB
+says how much of the machine each took: both run on this one machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import time
+from typing import Any
+import uuid
+
+from benchmarks import common
+from benchmarks import link
+from benchmarks import remote
+from nova_clonedriver.demo import localnode
+from nova_clonedriver.demo import pki as pki_mod
+from nova_clonedriver.engine import memimage
+from nova_clonedriver.engine import store as store_mod
+from nova_clonedriver.pageserver import tls
+from tests.functional import netns
+
+READ_BLOCK_BYTES = 1 << 20
+ROUNDS = 3
+
+
+def run(memory_mib: int, delays_ms: list[int]) -> dict[str, Any]:
+    root = os.path.join(common.STATE_DIR, f"transfer-{uuid.uuid4().hex[:6]}")
+    os.makedirs(root)
+    os.chmod(root, 0o711)
+    network = netns.Network(os.path.basename(root)[-6:])
+    nodes: list[localnode.LocalNode] = []
+    try:
+        return _measure(root, network.host("origin"), nodes, memory_mib, delays_ms)
+    finally:
+        for node in nodes:
+            node.close()
+        network.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def fabricate_generation(state_dir: str, memory_mib: int) -> store_mod.Generation:
+    """A generation of ``memory_mib`` of random bytes (nothing compresses,
+    no chunk is zero), as bless would leave it for the page service."""
+    store = store_mod.SnapshotStore(state_dir)
+    generation_id = uuid.uuid4().hex
+    partial = store.new_generation_dir(generation_id)
+    checksums: list[str | None] = []
+    with open(os.path.join(partial, store_mod.MEMORY_IMAGE_FILE), "wb") as f:
+        for _ in range(memimage.chunk_count(memory_mib << 20)):
+            data = os.urandom(memimage.CHUNK_SIZE_BYTES)
+            checksums.append(hashlib.sha256(data).hexdigest())
+            f.write(data)
+    device = os.urandom(600 * 1024)
+    with open(os.path.join(partial, store_mod.DEVICE_STREAM_FILE), "wb") as f:
+        f.write(device)
+    generation = store_mod.Generation(
+        id=generation_id,
+        source_domain="transfer-benchmark",
+        source_uuid=str(uuid.uuid4()),
+        created_at=time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
+        memory_bytes=memory_mib << 20,
+        vcpus=1,
+        machine_type="pc",
+        main_block="pc.ram",
+        chunk_size_bytes=memimage.CHUNK_SIZE_BYTES,
+        chunks=checksums,
+        device_stream_sha256=hashlib.sha256(device).hexdigest(),
+        disks=[],
+        domain_xml="<domain/>",
+        pause_ms=0.0,
+        has_genid=True,
+        access_key=os.urandom(32).hex(),
+    )
+    store.publish(generation, partial)
+    return generation
+
+
+def _measure(
+    root: str,
+    origin_host: netns.Host,
+    nodes: list[localnode.LocalNode],
+    memory_mib: int,
+    delays_ms: list[int],
+) -> dict[str, Any]:
+    pki = pki_mod.ThrowawayPKI(os.path.join(root, "pki"))
+    origin = localnode.LocalNode(
+        "node-a", root, pki, listen_host=origin_host.address, wrapper=origin_host.wrapper
+    )
+    generation = fabricate_generation(origin.state_dir, memory_mib)
+    origin.start()
+    nodes.append(origin)
+    streams = remote.start_stream_servers(origin_host, pki, origin, memory_mib)
+    rows = []
+    try:
+        for delay_ms in delays_ms:
+            proxies: dict[str, link.DelayProxy] = {}
+            if delay_ms:
+                for name, port in [("page service", origin.port), *streams["ports"]]:
+                    proxies[name] = link.DelayProxy(origin_host.address, port, delay_ms)
+            try:
+                rows.append(
+                    _delay_row(
+                        root,
+                        pki,
+                        nodes,
+                        origin_host,
+                        origin,
+                        generation,
+                        delay_ms,
+                        proxies,
+                        streams,
+                    )
+                )
+            finally:
+                for proxy in proxies.values():
+                    proxy.close()
+    finally:
+        for server in streams["servers"]:
+            server.kill()
+    return {
+        "memory_mib": memory_mib,
+        "rounds": ROUNDS,
+        "rows": rows,
+        "link": "origin in its own network namespace (veth on a bridge); delay by "
+        "a user-space proxy (no sch_netem in this kernel), each direction",
+    }
+
+
+def _delay_row(
+    root: str,
+    pki: pki_mod.ThrowawayPKI,
+    nodes: list[localnode.LocalNode],
+    origin_host: netns.Host,
+    origin: localnode.LocalNode,
+    generation: store_mod.Generation,
+    delay_ms: int,
+    proxies: dict[str, link.DelayProxy],
+    streams: dict[str, Any],
+) -> dict[str, Any]:
+    def address(name: str, port: int) -> tuple[str, int]:
+        return ("127.0.0.1", proxies[name].port) if delay_ms else (origin_host.address, port)
+
+    host, port = address("page service", origin.port)
+    client_cert = pki.node(f"stream-client-{delay_ms}")
+    context = tls.client_context(*client_cert, pki.ca_file)
+    measured: dict[str, list[float]] = {
+        name: [] for name in ("tcp", "tls", "prefetch", "read", "prefetch_cpu", "read_cpu")
+    }
+    origin_cpu: list[float] = []
+    # Rounds alternate the four, so that a noisy moment hits all alike.
+    for round_number in range(ROUNDS):
+        measured["tcp"].append(link.stream_mib_per_s(*address("tcp", streams["tcp"]), None, ""))
+        tls_host, tls_port = address("tls", streams["tls"])
+        measured["tls"].append(link.stream_mib_per_s(tls_host, tls_port, context, tls_host))
+        for mode in ("prefetch", "read"):
+            node = localnode.LocalNode(
+                f"node-b-{delay_ms}-{mode}-{round_number}", root, pki, release_idle_s=3600
+            )
+            node.start()
+            nodes.append(node)
+            receiving = [node.process.pid, _front_pid(node)]
+            cpu_before = [common.cpu_ms(pid) for pid in (*receiving, origin.process.pid)]
+            started = time.monotonic()
+            node.client.attach(
+                generation.id,
+                f"{host}:{port}",
+                generation.access_key,
+                "full" if mode == "prefetch" else "none",
+            )
+            if mode == "read":
+                _read_in_order(node.mount_path(generation.id))
+            elapsed_s = time.monotonic() - started
+            cpu = [
+                common.cpu_ms(pid) - before
+                for pid, before in zip((*receiving, origin.process.pid), cpu_before, strict=True)
+            ]
+            _check(node.mount_path(generation.id), generation)
+            gib = memory_mib_of(generation) / 1024
+            measured[mode].append(round(memory_mib_of(generation) / elapsed_s, 1))
+            measured[f"{mode}_cpu"].append(round((cpu[0] + cpu[1]) / 1000 / gib, 2))
+            origin_cpu.append(round(cpu[2] / 1000 / gib, 2))
+            node.close()
+            shutil.rmtree(node.state_dir, ignore_errors=True)
+    row: dict[str, Any] = {"delay_ms": delay_ms}
+    for name in ("tcp", "tls", "prefetch", "read"):
+        row[f"{name}_mib_s"] = common.summary(measured[name])
+    tls_median = row["tls_mib_s"]["median"]
+    for name in ("prefetch", "read"):
+        row[f"{name}_of_tls"] = round(row[f"{name}_mib_s"]["median"] / tls_median, 2)
+        # CPU seconds per GiB moved, of the receiving node's processes
+        row[f"{name}_cpu_s_per_gib"] = common.summary(measured[f"{name}_cpu"])
+    row["origin_cpu_s_per_gib"] = common.summary(origin_cpu)
+    return row
+
+
+def _front_pid(node: localnode.LocalNode) -> int:
+    """The FUSE front that holds ``node``'s mount."""
+    return int(
+        subprocess.run(
+            ["pgrep", "-n", "-f", f"fusefront --mount-dir {node.mount_dir()}"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+    )
+
+
+def memory_mib_of(generation: store_mod.Generation) -> float:
+    return generation.memory_bytes / 2**20
+
+
+def _read_in_order(path: str) -> None:
+    """Read the file from start to end, as a clone touching all its memory
+    in order would."""
+    with open(path, "rb", buffering=0) as f:
+        while f.read(READ_BLOCK_BYTES):
+            pass
+
+
+def _check(path: str, generation: store_mod.Generation) -> None:
+    """After the clock stopped (so that this process's hashing does not
+    take CPU from the page service): the file is the origin's."""
+    with open(path, "rb", buffering=0) as f:
+        for chunk, expected in enumerate(generation.chunks):
+            if hashlib.sha256(f.read(READ_BLOCK_BYTES)).hexdigest() != expected:
+                raise RuntimeError(f"chunk {chunk} read through FUSE is not the origin's")
