@@ -90,6 +90,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also keep the result for the docs (doc/source/benchmarks)",
     )
+    run.add_argument(
+        "--baseline-checkout",
+        metavar="DIR",
+        help="transfer: also run the page services of the checkout in DIR, in the same rounds",
+    )
     run.add_argument("--json", action="store_true", help="print the result as JSON")
     run.add_argument(
         "--note", help="a sentence for the docs' table of this result (what it is compared with)"
@@ -124,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.scenario == "transfer":
         from benchmarks import transfer
 
-        data = transfer.run(args.memory_mb, args.delays)
+        data = transfer.run(args.memory_mb, args.delays, args.baseline_checkout)
     elif args.scenario == "debian":
         from benchmarks import debian
 

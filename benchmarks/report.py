@@ -228,8 +228,10 @@ def table(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
             )
         return header, rows
     if kind == "transfer":
+        versions = [""] + (["-baseline"] if data.get("baseline") else [])
         header = [
             "delay ms each way",
+            "code",
             "streams MiB/s: TCP / TLS",
             "full prefetch MiB/s (x TLS)",
             "reading in order MiB/s (x TLS)",
@@ -239,13 +241,16 @@ def table(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         rows = [
             [
                 str(r["delay_ms"]),
+                "this" if not version else f"baseline: {data['baseline']}",
                 f"{_spread(r['tcp_mib_s'])} / {_spread(r['tls_mib_s'])}",
-                f"{_spread(r['prefetch_mib_s'])} ({r['prefetch_of_tls']:.2f})",
-                f"{_spread(r['read_mib_s'])} ({r['read_of_tls']:.2f})",
-                f"{r['prefetch_cpu_s_per_gib']['median']} / {r['read_cpu_s_per_gib']['median']}",
-                f"{r['origin_cpu_s_per_gib']['median']}",
+                f"{_spread(r[f'prefetch{version}_mib_s'])} ({r[f'prefetch{version}_of_tls']:.2f})",
+                f"{_spread(r[f'read{version}_mib_s'])} ({r[f'read{version}_of_tls']:.2f})",
+                f"{r[f'prefetch{version}_cpu_s_per_gib']['median']} / "
+                f"{r[f'read{version}_cpu_s_per_gib']['median']}",
+                f"{r[f'origin{version}_cpu_s_per_gib']['median']}",
             ]
             for r in data["rows"]
+            for version in versions
         ]
         return header, rows
     if kind == "debian":

@@ -10,6 +10,11 @@ checksums. Both against a plain TCP and a TLS stream of the same size over
 the same link, in the same run; the ratios are the point. The CPU time the
 receiving node (page service and FUSE front) and the origin used per GiB
 says how much of the machine each took: both run on this one machine.
+
+``--baseline-checkout DIR`` runs the same rounds with the page services of
+another checkout too (an origin of its own on the same host, serving the
+same files), so that a change is measured against the code before it in
+one run.
 """
 
 from __future__ import annotations
@@ -36,14 +41,18 @@ READ_BLOCK_BYTES = 1 << 20
 ROUNDS = 3
 
 
-def run(memory_mib: int, delays_ms: list[int]) -> dict[str, Any]:
+def run(
+    memory_mib: int, delays_ms: list[int], baseline_checkout: str | None = None
+) -> dict[str, Any]:
     root = os.path.join(common.STATE_DIR, f"transfer-{uuid.uuid4().hex[:6]}")
     os.makedirs(root)
     os.chmod(root, 0o711)
     network = netns.Network(os.path.basename(root)[-6:])
     nodes: list[localnode.LocalNode] = []
     try:
-        return _measure(root, network.host("origin"), nodes, memory_mib, delays_ms)
+        return _measure(
+            root, network.host("origin"), nodes, memory_mib, delays_ms, baseline_checkout
+        )
     finally:
         for node in nodes:
             node.close()
@@ -94,21 +103,35 @@ def _measure(
     nodes: list[localnode.LocalNode],
     memory_mib: int,
     delays_ms: list[int],
+    baseline_checkout: str | None,
 ) -> dict[str, Any]:
     pki = pki_mod.ThrowawayPKI(os.path.join(root, "pki"))
-    origin = localnode.LocalNode(
-        "node-a", root, pki, listen_host=origin_host.address, wrapper=origin_host.wrapper
-    )
-    generation = fabricate_generation(origin.state_dir, memory_mib)
-    origin.start()
-    nodes.append(origin)
-    streams = remote.start_stream_servers(origin_host, pki, origin, memory_mib)
+    origins = {
+        version: localnode.LocalNode(
+            f"node-a{version}",
+            root,
+            pki,
+            listen_host=origin_host.address,
+            wrapper=origin_host.wrapper,
+            code_dir=code_dir,
+        )
+        for version, code_dir in [("", None)]
+        + ([("-baseline", baseline_checkout)] if baseline_checkout else [])
+    }
+    generation = fabricate_generation(origins[""].state_dir, memory_mib)
+    for version, origin in origins.items():
+        if version:
+            _share_generation(generation, origin.state_dir)
+        origin.start()
+        nodes.append(origin)
+    streams = remote.start_stream_servers(origin_host, pki, origins[""], memory_mib)
     rows = []
     try:
         for delay_ms in delays_ms:
             proxies: dict[str, link.DelayProxy] = {}
             if delay_ms:
-                for name, port in [("page service", origin.port), *streams["ports"]]:
+                targets = [(f"page service{v}", o.port) for v, o in origins.items()]
+                for name, port in targets + streams["ports"]:
                     proxies[name] = link.DelayProxy(origin_host.address, port, delay_ms)
             try:
                 rows.append(
@@ -117,7 +140,7 @@ def _measure(
                         pki,
                         nodes,
                         origin_host,
-                        origin,
+                        origins,
                         generation,
                         delay_ms,
                         proxies,
@@ -134,9 +157,31 @@ def _measure(
         "memory_mib": memory_mib,
         "rounds": ROUNDS,
         "rows": rows,
+        "baseline": _describe(baseline_checkout) if baseline_checkout else None,
         "link": "origin in its own network namespace (veth on a bridge); delay by "
         "a user-space proxy (no sch_netem in this kernel), each direction",
     }
+
+
+def _share_generation(generation: store_mod.Generation, state_dir: str) -> None:
+    """The same generation in another store (its files hard-linked)."""
+    directory = os.path.join(state_dir, "generations", generation.id)
+    os.makedirs(os.path.join(directory, store_mod.REFERENCES_DIR))
+    for name in (
+        store_mod.MEMORY_IMAGE_FILE,
+        store_mod.DEVICE_STREAM_FILE,
+        store_mod.GENERATION_FILE,
+    ):
+        os.link(os.path.join(generation.directory, name), os.path.join(directory, name))
+
+
+def _describe(checkout: str) -> str:
+    """The commit a checkout is at, for the record."""
+    return subprocess.run(
+        ["git", "-C", checkout, "log", "-1", "--format=%h %s"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
 
 
 def _delay_row(
@@ -144,7 +189,7 @@ def _delay_row(
     pki: pki_mod.ThrowawayPKI,
     nodes: list[localnode.LocalNode],
     origin_host: netns.Host,
-    origin: localnode.LocalNode,
+    origins: dict[str, localnode.LocalNode],
     generation: store_mod.Generation,
     delay_ms: int,
     proxies: dict[str, link.DelayProxy],
@@ -153,69 +198,76 @@ def _delay_row(
     def address(name: str, port: int) -> tuple[str, int]:
         return ("127.0.0.1", proxies[name].port) if delay_ms else (origin_host.address, port)
 
-    host, port = address("page service", origin.port)
     client_cert = pki.node(f"stream-client-{delay_ms}")
     context = tls.client_context(*client_cert, pki.ca_file)
-    measured: dict[str, list[float]] = {
-        name: [] for name in ("tcp", "tls", "prefetch", "read", "prefetch_cpu", "read_cpu")
-    }
-    origin_cpu: list[float] = []
-    # Rounds alternate the four, so that a noisy moment hits all alike.
+    runs = [f"{mode}{version}" for version in origins for mode in ("prefetch", "read")]
+    measured: dict[str, list[float]] = {name: [] for name in ("tcp", "tls", *runs)}
+    cpu_s_per_gib: dict[str, list[float]] = {name: [] for name in runs}
+    origin_cpu_s_per_gib: dict[str, list[float]] = {version: [] for version in origins}
+    # Rounds alternate all of them, so that a noisy moment hits all alike.
     for round_number in range(ROUNDS):
         measured["tcp"].append(link.stream_mib_per_s(*address("tcp", streams["tcp"]), None, ""))
         tls_host, tls_port = address("tls", streams["tls"])
         measured["tls"].append(link.stream_mib_per_s(tls_host, tls_port, context, tls_host))
-        for mode in ("prefetch", "read"):
-            node = localnode.LocalNode(
-                f"node-b-{delay_ms}-{mode}-{round_number}", root, pki, release_idle_s=3600
-            )
-            node.start()
-            nodes.append(node)
-            receiving = [node.process.pid, _front_pid(node)]
-            cpu_before = [common.cpu_ms(pid) for pid in (*receiving, origin.process.pid)]
-            started = time.monotonic()
-            node.client.attach(
-                generation.id,
-                f"{host}:{port}",
-                generation.access_key,
-                "full" if mode == "prefetch" else "none",
-            )
-            if mode == "read":
-                _read_in_order(node.mount_path(generation.id))
-            elapsed_s = time.monotonic() - started
-            cpu = [
-                common.cpu_ms(pid) - before
-                for pid, before in zip((*receiving, origin.process.pid), cpu_before, strict=True)
-            ]
-            _check(node.mount_path(generation.id), generation)
-            gib = memory_mib_of(generation) / 1024
-            measured[mode].append(round(memory_mib_of(generation) / elapsed_s, 1))
-            measured[f"{mode}_cpu"].append(round((cpu[0] + cpu[1]) / 1000 / gib, 2))
-            origin_cpu.append(round(cpu[2] / 1000 / gib, 2))
-            node.close()
-            shutil.rmtree(node.state_dir, ignore_errors=True)
+        for version, origin in origins.items():
+            host, port = address(f"page service{version}", origin.port)
+            for mode in ("prefetch", "read"):
+                node = localnode.LocalNode(
+                    f"node-b-{delay_ms}-{mode}{version}-{round_number}",
+                    root,
+                    pki,
+                    code_dir=origin.code_dir,
+                    release_idle_s=3600,
+                )
+                node.start()
+                nodes.append(node)
+                pids = [node.process.pid, *_front_pids(node), origin.process.pid]
+                cpu_before = [common.cpu_ms(pid) for pid in pids]
+                started = time.monotonic()
+                node.client.attach(
+                    generation.id,
+                    f"{host}:{port}",
+                    generation.access_key,
+                    "full" if mode == "prefetch" else "none",
+                )
+                if mode == "read":
+                    _read_in_order(node.mount_path(generation.id))
+                elapsed_s = time.monotonic() - started
+                cpu_s = [
+                    (common.cpu_ms(pid) - before) / 1000
+                    for pid, before in zip(pids, cpu_before, strict=True)
+                ]
+                _check(node.mount_path(generation.id), generation)
+                gib = memory_mib_of(generation) / 1024
+                measured[f"{mode}{version}"].append(
+                    round(memory_mib_of(generation) / elapsed_s, 1)
+                )
+                cpu_s_per_gib[f"{mode}{version}"].append(round(sum(cpu_s[:-1]) / gib, 2))
+                origin_cpu_s_per_gib[version].append(round(cpu_s[-1] / gib, 2))
+                node.close()
+                shutil.rmtree(node.state_dir, ignore_errors=True)
     row: dict[str, Any] = {"delay_ms": delay_ms}
-    for name in ("tcp", "tls", "prefetch", "read"):
-        row[f"{name}_mib_s"] = common.summary(measured[name])
+    for name, values in measured.items():
+        row[f"{name}_mib_s"] = common.summary(values)
     tls_median = row["tls_mib_s"]["median"]
-    for name in ("prefetch", "read"):
+    for name in runs:
         row[f"{name}_of_tls"] = round(row[f"{name}_mib_s"]["median"] / tls_median, 2)
         # CPU seconds per GiB moved, of the receiving node's processes
-        row[f"{name}_cpu_s_per_gib"] = common.summary(measured[f"{name}_cpu"])
-    row["origin_cpu_s_per_gib"] = common.summary(origin_cpu)
+        row[f"{name}_cpu_s_per_gib"] = common.summary(cpu_s_per_gib[name])
+    for version, values in origin_cpu_s_per_gib.items():
+        row[f"origin{version}_cpu_s_per_gib"] = common.summary(values)
     return row
 
 
-def _front_pid(node: localnode.LocalNode) -> int:
-    """The FUSE front that holds ``node``'s mount."""
-    return int(
-        subprocess.run(
-            ["pgrep", "-n", "-f", f"fusefront --mount-dir {node.mount_dir()}"],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
-    )
+def _front_pids(node: localnode.LocalNode) -> list[int]:
+    """The FUSE front that holds ``node``'s mount (none before there were
+    fronts, in a baseline checkout)."""
+    found = subprocess.run(
+        ["pgrep", "-f", f"fusefront --mount-dir {node.mount_dir()}"],
+        capture_output=True,
+        text=True,
+    ).stdout
+    return [int(pid) for pid in found.split()]
 
 
 def memory_mib_of(generation: store_mod.Generation) -> float:

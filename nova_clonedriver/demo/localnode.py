@@ -43,10 +43,13 @@ class LocalNode:
         listen_host: str = "127.0.0.1",
         wrapper: tuple[str, ...] = (),
         state_dir: str | None = None,
+        code_dir: str | None = None,
         **options: object,
     ) -> None:
         """``wrapper``: a command prefix for the daemon (``ip netns exec NS``:
-        a node behind its own network stack)."""
+        a node behind its own network stack). ``code_dir``: run the daemon
+        of the checkout there (benchmarks compare versions) rather than
+        this one."""
         self.name = name
         self.state_dir = state_dir or os.path.join(root, name)
         os.makedirs(self.state_dir, exist_ok=True)
@@ -54,6 +57,7 @@ class LocalNode:
         self.port = free_port()
         self.address = f"{listen_host}:{self.port}"
         self.wrapper = list(wrapper)
+        self.code_dir = code_dir
         self.cert_file, self.key_file = pki.node(name, ips=tuple({"127.0.0.1", listen_host}))
         self.ca_file = pki.ca_file
         self.config_file = os.path.join(root, f"{name}.conf")
@@ -84,6 +88,7 @@ class LocalNode:
             [*self.wrapper, *DAEMON, "--config-file", self.config_file, "--debug"],
             stdout=log,
             stderr=log,
+            cwd=self.code_dir,  # python -m finds the package there first
         )
         log.close()
         deadline = time.monotonic() + 30
