@@ -1,13 +1,16 @@
 #!/bin/bash
 # Install the Debian packages the project needs and start libvirtd and
 # virtlogd (mmdebstrap builds the Debian test guest, dnsmasq-base serves DHCP
-# on libvirt's networks). Idempotent: a second run installs nothing and starts nothing new.
+# on libvirt's networks; Swift's servers and memcached are the object store
+# the page service tests publish to). Idempotent: a second run installs
+# nothing and starts nothing new.
 set -euo pipefail
 
 packages=(qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients
           libvirt-dev pkg-config fuse3 libfuse3-dev busybox-static cpio kmod
           gcc libc6-dev python3-venv shellcheck
-          mmdebstrap e2fsprogs dnsmasq-base)
+          mmdebstrap e2fsprogs dnsmasq-base
+          swift swift-proxy swift-account swift-container swift-object memcached)
 
 missing=()
 for p in "${packages[@]}"; do

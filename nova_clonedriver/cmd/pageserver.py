@@ -11,6 +11,7 @@ from oslo_log import log as logging
 
 from nova_clonedriver import conf
 from nova_clonedriver.pageserver import fusefront
+from nova_clonedriver.pageserver import objectstore
 from nova_clonedriver.pageserver import service
 
 CONF = conf.CONF
@@ -35,6 +36,9 @@ def service_config(config: cfg.ConfigOpts) -> service.ServiceConfig:
         metrics_host=options.metrics_host,
         metrics_port=options.metrics_port,
         reconcile_interval_s=options.reconcile_interval_s,
+        object_store=(
+            objectstore.load(options.object_store, config) if options.object_store else None
+        ),
         remote={
             "fetch_timeout_s": options.fetch_timeout_s,
             "max_inflight_fetches": options.max_inflight_fetches,

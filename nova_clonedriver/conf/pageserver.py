@@ -138,6 +138,15 @@ OPTS = [
         "cache here) once no clone on this node has used it for "
         "this long.",
     ),
+    cfg.StrOpt(
+        "object_store",
+        help="Publish the generations blessed on this node to this object "
+        "store (a plugin: 'swift', configured in [pageserver_swift]), "
+        "and read other nodes' generations from it where their "
+        "origins published them. Chunks are stored sealed with a key "
+        "only the origin hands out, to nodes it admits. Unset: peers "
+        "get every chunk from the origin's page service.",
+    ),
     cfg.IntOpt(
         "reconcile_interval_s",
         default=10,

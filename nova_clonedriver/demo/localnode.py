@@ -44,12 +44,14 @@ class LocalNode:
         wrapper: tuple[str, ...] = (),
         state_dir: str | None = None,
         code_dir: str | None = None,
+        swift: dict[str, str] | None = None,
         **options: object,
     ) -> None:
         """``wrapper``: a command prefix for the daemon (``ip netns exec NS``:
         a node behind its own network stack). ``code_dir``: run the daemon
         of the checkout there (benchmarks compare versions) rather than
-        this one."""
+        this one. ``swift``: its [pageserver_swift] options (with
+        ``object_store = swift`` among ``options``)."""
         self.name = name
         self.state_dir = state_dir or os.path.join(root, name)
         os.makedirs(self.state_dir, exist_ok=True)
@@ -77,6 +79,9 @@ class LocalNode:
         with open(self.config_file, "w") as f:
             f.write(f"[clone]\nstate_dir = {self.state_dir}\n[pageserver]\n")
             f.writelines(f"{k} = {v}\n" for k, v in settings.items())
+            if swift:
+                f.write("[pageserver_swift]\n")
+                f.writelines(f"{k} = {v}\n" for k, v in swift.items())
         self.client = control.PageServiceClient(
             os.path.join(self.state_dir, "pageserver.sock"), timeout_s=120
         )

@@ -11,6 +11,7 @@ pipeline requests.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import contextlib
 import datetime
 import functools
@@ -63,8 +64,15 @@ class OriginStore:
     Malformed requests raise ProtocolError, refused ones transport.Refused.
     """
 
-    def __init__(self, store: store_mod.SnapshotStore) -> None:
+    def __init__(
+        self,
+        store: store_mod.SnapshotStore,
+        offers: Callable[[store_mod.Generation], dict[str, Any]] | None = None,
+    ) -> None:
+        """:param offers: what an OPEN answer says of where the generation
+        is published, if this node publishes (publish.Publisher.offer)."""
         self.store = store
+        self.offers = offers
         # Peer references and working sets are files rewritten in place:
         # one change at a time, whichever connection asks.
         self._lock = threading.Lock()
@@ -99,6 +107,7 @@ class OriginStore:
         return {
             "generation": generation.to_json(),
             "file_sizes": [os.stat(p).st_size for p in file_paths(generation)],
+            **(self.offers(generation) if self.offers is not None else {}),
         }
 
     def release(self, node: str, generation_id: object) -> None:
@@ -213,8 +222,9 @@ class OriginServer:
         store: store_mod.SnapshotStore,
         stats: stats_mod.Stats,
         ssl_context: ssl.SSLContext,
+        offers: Callable[[store_mod.Generation], dict[str, Any]] | None = None,
     ) -> None:
-        self.origin = OriginStore(store)
+        self.origin = OriginStore(store, offers)
         self.stats = stats
         self._ssl_context = ssl_context
         self._refusals = ratelimit.RateLimitedLog(LOG)

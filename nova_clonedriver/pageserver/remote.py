@@ -27,6 +27,8 @@ from typing import Any
 from nova_clonedriver.engine import qemuimg
 from nova_clonedriver.engine import store as store_mod
 from nova_clonedriver.pageserver import cache as cache_mod
+from nova_clonedriver.pageserver import objectfetch
+from nova_clonedriver.pageserver import objectstore
 from nova_clonedriver.pageserver import origin as origin_mod
 from nova_clonedriver.pageserver import presented as presented_mod
 from nova_clonedriver.pageserver import protocol
@@ -66,8 +68,12 @@ class RemoteGenerations:
         node: str,
         ssl_context: ssl.SSLContext,
         settings: Settings,
+        objects: objectstore.ObjectStore | None = None,
     ) -> None:
+        """:param objects: the object store this node reads generations
+        from where their origins published them (objectfetch.py)."""
         self.store = store
+        self.objects = objects
         self.stats = stats
         self.settings = settings
         self._transport_context = transport.Context(
@@ -192,7 +198,7 @@ class RemoteGenerations:
             clones = sorted(r.uuid for r in self.store.references(presented.generation))
             if clones:
                 presented.last_used = time.monotonic()
-            if clones != presented.told_clones:
+            if clones != presented.told_clones or presented.origin.wants_open(generation_id):
                 try:
                     await presented.origin.open(
                         generation_id, clones, presented.generation.access_key
@@ -215,7 +221,10 @@ class RemoteGenerations:
     def stats_json(self) -> dict[str, Any]:
         data = self.stats.to_json()
         for generation_id, presented in self._presented.items():
-            data["remote"].setdefault(generation_id, {}).update(presented.cache_json())
+            entry = data["remote"].setdefault(generation_id, {})
+            entry.update(presented.cache_json())
+            if isinstance(presented.origin, objectfetch.ObjectStoreTransport):
+                entry.update(presented.origin.counters.get(generation_id, {}))
         return data
 
     async def _import(self, generation_id: str, origin: str, key: str) -> None:
@@ -418,5 +427,10 @@ class RemoteGenerations:
 
     def _transport(self, origin: str) -> transport.Transport:
         if origin not in self._origins:
-            self._origins[origin] = transport.load(origin, self._transport_context)
+            source = transport.load(origin, self._transport_context)
+            if self.objects is not None:
+                source = objectfetch.ObjectStoreTransport(
+                    source, self.objects, self.settings.cache_dir
+                )
+            self._origins[origin] = source
         return self._origins[origin]

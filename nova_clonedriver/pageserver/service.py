@@ -17,6 +17,7 @@ import dataclasses
 import logging
 import os
 import signal
+import threading
 from typing import Any
 
 import libvirt
@@ -24,12 +25,15 @@ import pyfuse3
 import pyfuse3.asyncio
 
 from nova_clonedriver.engine import hostinfo
+from nova_clonedriver.engine import native
 from nova_clonedriver.engine import store as store_mod
 from nova_clonedriver.pageserver import control
 from nova_clonedriver.pageserver import fusefront
 from nova_clonedriver.pageserver import fusefs
 from nova_clonedriver.pageserver import metrics
+from nova_clonedriver.pageserver import objectstore
 from nova_clonedriver.pageserver import origin as origin_mod
+from nova_clonedriver.pageserver import publish
 from nova_clonedriver.pageserver import remote as remote_mod
 from nova_clonedriver.pageserver import stats as stats_mod
 from nova_clonedriver.pageserver import tls
@@ -54,6 +58,8 @@ class ServiceConfig:
     metrics_port: int = 0  # 0: no Prometheus endpoint
     reconcile_interval_s: float = 10
     remote: dict[str, Any] = dataclasses.field(default_factory=dict)  # remote.Settings
+    # Publish here, and read other nodes' generations from, this store.
+    object_store: objectstore.ObjectStore | None = None
 
     def socket_path(self) -> str:
         return control.socket_path(self.state_dir, self.control_socket)
@@ -72,6 +78,7 @@ class PageService:
         self.stats = stats_mod.Stats()
         self.mount_dir = config.mount_dir or os.path.join(config.state_dir, "remote")
         self._stop = asyncio.Event()
+        self._stopping = threading.Event()  # for the service's threads
         self._fuse_error: str | None = None
         self.remote: remote_mod.RemoteGenerations | None = None
 
@@ -85,7 +92,17 @@ class PageService:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._stop.set)
         certs = (config.tls_cert_file, config.tls_key_file, config.tls_ca_file)
-        origin = origin_mod.OriginServer(self.store, self.stats, tls.server_context(*certs))
+        publisher = (
+            publish.Publisher(self.store, config.object_store, self.stats.published)
+            if config.object_store is not None
+            else None
+        )
+        origin = origin_mod.OriginServer(
+            self.store,
+            self.stats,
+            tls.server_context(*certs),
+            publisher.offer if publisher is not None else None,
+        )
         origin.start(config.listen_host, config.listen_port)
         self.remote = remote_mod.RemoteGenerations(
             self.store,
@@ -97,6 +114,7 @@ class PageService:
                 cache_dir=os.path.join(config.state_dir, "page-cache"),
                 **config.remote,
             ),
+            config.object_store,
         )
         self.remote.load_existing()
         front_socket = fusefront.socket_path(config.state_dir)
@@ -115,6 +133,10 @@ class PageService:
                 )
             )
         reconcile = loop.create_task(self._reconcile_forever())
+        if publisher is not None:
+            native.thread_class()(
+                target=self._publish_forever, args=(publisher,), name="publish", daemon=True
+            ).start()
         LOG.info(
             "Page service of node %s: peers on %s:%d, control on %s, remote generations under %s",
             self.node,
@@ -127,6 +149,7 @@ class PageService:
             await self._stop.wait()
         finally:
             LOG.info("Page service of node %s stopping", self.node)
+            self._stopping.set()
             for task in (reconcile, fuse_task):
                 task.cancel()
             for server in servers:
@@ -200,6 +223,15 @@ class PageService:
         if operation == "stats":
             return {"node": self.node, **self.remote.stats_json()}
         raise ValueError(f"unknown operation {operation!r}")
+
+    def _publish_forever(self, publisher: publish.Publisher) -> None:
+        """Publish new generations, unpublish gone ones (in a thread: a
+        publication takes a while)."""
+        while not self._stopping.wait(self.config.reconcile_interval_s):
+            try:
+                publisher.reconcile()
+            except Exception:
+                LOG.exception("Publishing to the object store failed; trying again")
 
     async def _reconcile_forever(self) -> None:
         assert self.remote is not None

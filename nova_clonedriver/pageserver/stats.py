@@ -47,6 +47,9 @@ class Stats:
             lambda: collections.defaultdict(collections.Counter)
         )
         self._origin_lock = threading.Lock()
+        # generation -> chunks, bytes, complete: this node's publications
+        # to the object store (publish.py)
+        self.published: dict[str, dict[str, Any]] = {}
 
     def count_origin(self, what: OriginCounter) -> None:
         with self._origin_lock:
@@ -69,4 +72,8 @@ class Stats:
                     for g, peers in self.served_to.items()
                 },
             }
-        return {"origin": origin, "remote": {g: s.to_json() for g, s in self.remote.items()}}
+        return {
+            "origin": origin,
+            "remote": {g: s.to_json() for g, s in self.remote.items()},
+            "published": {g: dict(p) for g, p in list(self.published.items())},
+        }

@@ -25,6 +25,7 @@ from typing import Any
 from stevedore import driver
 
 from nova_clonedriver.engine import store as store_mod
+from nova_clonedriver.pageserver import objectstore
 
 NAMESPACE = "nova_clonedriver.pageserver.transports"
 # A chunk's bytes as a transport got them (received into a bytearray of its
@@ -52,6 +53,10 @@ class Opened:
 
     generation: store_mod.Generation  # as the origin has it (no directory)
     file_sizes: list[int]  # by FETCH file number
+    # Where the origin published the generation's chunks, and the key that
+    # opens them (objectstore.py); or whether it is publishing it still.
+    object_store: dict[str, Any] | None = None
+    object_store_pending: bool = False
 
     @classmethod
     def from_json(cls, reply: Any) -> Opened:
@@ -65,7 +70,11 @@ class Opened:
             isinstance(n, int) and n >= 0 for n in file_sizes
         ):
             raise Malformed("bad OPEN answer: file sizes are not byte counts")
-        return cls(generation, file_sizes)
+        offered = reply.get("object_store")
+        object_store = objectstore.offer_from_json(offered)
+        if offered is not None and object_store is None:
+            raise Malformed("bad OPEN answer: the object store offer is not one")
+        return cls(generation, file_sizes, object_store, reply.get("object_store_pending") is True)
 
 
 def chunk_list(value: object) -> list[int]:
@@ -145,6 +154,12 @@ class Transport(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None:
         """Let go of connections or files; never raises."""
+
+    def wants_open(self, generation_id: str) -> bool:
+        """Whether an OPEN (which the registry repeats while this is true)
+        would tell more than the last one: e.g. where the origin has
+        published the generation by now."""
+        return False
 
 
 def load(origin: str, context: Context) -> Transport:

@@ -11,9 +11,14 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 class TestOptions(testtools.TestCase):
-    def test_list_opts_has_the_clone_and_pageserver_groups(self):
-        groups = {group.name: {o.name for o in opts} for group, opts in conf.list_opts()}
-        self.assertEqual({"clone", "pageserver"}, set(groups))
+    def test_list_opts_has_the_clone_pageserver_and_swift_groups(self):
+        groups = {group.name: {o.dest for o in opts} for group, opts in conf.list_opts()}
+        self.assertEqual({"clone", "pageserver", "pageserver_swift"}, set(groups))
+        self.assertIn("object_store", groups["pageserver"])
+        # keystoneauth's: how the page service authenticates to Swift
+        self.assertTrue(
+            {"auth_type", "auth_url", "endpoint_override"} <= groups["pageserver_swift"]
+        )
         self.assertIn("state_dir", groups["clone"])
         self.assertIn("bless_downtime_limit_ms", groups["clone"])
         self.assertIn("tls_ca_file", groups["pageserver"])
