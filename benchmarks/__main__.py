@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
             "nova",
             "remote",
             "transfer",
+            "hosts",
             "debian",
             "cloud",
         ],
@@ -90,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also keep the result for the docs (doc/source/benchmarks)",
     )
+    run.add_argument("--hosts", type=int, default=8, help="hosts: compute hosts")
     run.add_argument(
         "--baseline-checkout",
         metavar="DIR",
@@ -130,6 +132,10 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks import transfer
 
         data = transfer.run(args.memory_mb, args.delays, args.baseline_checkout)
+    elif args.scenario == "hosts":
+        from benchmarks import hosts
+
+        data = hosts.run(args.memory_mb, args.hosts)
     elif args.scenario == "debian":
         from benchmarks import debian
 

@@ -22,6 +22,7 @@ TITLES = {
     "nova": "Through nova",
     "remote": "Remote clones",
     "transfer": "Page service throughput (no guest)",
+    "hosts": "Clones on many hosts: from the origin or from Swift",
     "debian": "Debian guests: clones against cold boots",
     "cloud": "Debian guests through the one-machine cloud, on a tenant network",
 }
@@ -252,6 +253,40 @@ def table(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
             for r in data["rows"]
             for version in versions
         ]
+        return header, rows
+    if kind == "hosts":
+        killed = {r["path"]: r for r in data["origin_killed"]}
+        publish = data["publish"]
+        header = [
+            "memory from",
+            "clones (one per host)",
+            "all answering s",
+            "all read their pattern s",
+            "origin host sent MiB",
+            "origin's page service killed before they read: clones that read all of it",
+        ]
+        rows = [
+            [
+                "(publishing the generation to Swift, once)",
+                "-",
+                "-",
+                f"{publish['publish_s']} (published)",
+                f"{publish['origin_sent_mib']}",
+                "-",
+            ]
+        ]
+        for r in data["rows"]:
+            survived = killed[r["path"]]
+            rows.append(
+                [
+                    "the origin's page service" if r["path"] == "origin" else "Swift",
+                    str(data["hosts"]),
+                    f"{r['all_answering_s']}",
+                    f"{r['all_read_s']}",
+                    f"{r['origin_sent_mib']}",
+                    f"{survived['read_their_memory']} of {survived['clones']}",
+                ]
+            )
         return header, rows
     if kind == "debian":
         clones_s = data["rows"][0]["to_all_http_s"]

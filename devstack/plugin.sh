@@ -227,6 +227,26 @@ function configure_nova_clonedriver_compute {
     sudo install -d -o "$STACK_USER" -m 0711 "$state" "$state/generations" "$state/clones"
     configure_nova_clonedriver_apparmor
     configure_nova_clonedriver_pki
+    configure_nova_clonedriver_object_store
+}
+
+# [pageserver] object_store: publish generations to devstack's Swift (when
+# s-proxy is enabled, unless NOVA_CLONEDRIVER_OBJECT_STORE says otherwise),
+# as nova's service user.
+function configure_nova_clonedriver_object_store {
+    local store=$NOVA_CLONEDRIVER_OBJECT_STORE
+    if [[ $store == auto ]]; then
+        store=""
+        if is_service_enabled s-proxy; then
+            store=swift
+        fi
+    fi
+    if [[ -z $store ]]; then
+        return 0
+    fi
+    iniset "$NOVA_CONF" pageserver object_store "$store"
+    configure_keystone_authtoken_middleware "$NOVA_CONF" nova pageserver_swift
+    iniset "$NOVA_CONF" pageserver_swift region_name "$REGION_NAME"
 }
 
 function configure_nova_clonedriver_scheduler {

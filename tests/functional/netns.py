@@ -29,6 +29,12 @@ class Host:
         """Command prefix that runs a program on this host's network."""
         return ("nsenter", f"--net=/run/netns/{self.namespace}")
 
+    def sent_bytes(self) -> int:
+        """What the host has sent on its link (what its link's end in the
+        root namespace received)."""
+        with open(f"/sys/class/net/{self.namespace}h/statistics/rx_bytes") as f:
+            return int(f.read())
+
 
 class Network:
     """``tag`` (a few letters or digits) keeps concurrent test classes apart."""
@@ -47,7 +53,7 @@ class Network:
     def host(self, name: str) -> Host:
         number = len(self.hosts) + 2
         host = Host(name, f"ncd{self.tag}{number}", f"{self.prefix}.{number}")
-        outside, inside = f"ncd{self.tag}{number}h", f"ncd{self.tag}{number}n"
+        outside, inside = f"{host.namespace}h", f"{host.namespace}n"  # see sent_bytes
         _ip("netns", "add", host.namespace)
         self.hosts.append(host)
         _ip("link", "add", outside, "type", "veth", "peer", "name", inside)

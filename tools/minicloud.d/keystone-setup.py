@@ -30,7 +30,7 @@ for role in ("member", "reader", "service", "heat_stack_owner", "heat_stack_user
 admin_user = idt.find_user("admin", domain_id=default.id)
 admin_project = idt.find_project("admin", domain_id=default.id)
 idt.assign_project_role_to_user(admin_project, admin_user, idt.find_role("heat_stack_owner"))
-for name in ("glance", "placement", "neutron", "nova", "heat"):
+for name in ("glance", "placement", "neutron", "nova", "heat", "swift"):
     user = idt.find_user(name, domain_id=default.id) or idt.create_user(
         name=name, password=pw, domain_id=default.id
     )
@@ -51,6 +51,7 @@ catalog = {
     "neutron": ("network", f"http://{ip}:9696"),
     "nova": ("compute", f"http://{ip}:8774/v2.1"),
     "heat": ("orchestration", f"http://{ip}:8004/v1/%(tenant_id)s"),
+    "swift": ("object-store", f"http://{ip}:8080/v1/AUTH_%(project_id)s"),
 }
 for name, (stype, url) in catalog.items():
     svc = next((s for s in idt.services() if s.type == stype), None) or idt.create_service(

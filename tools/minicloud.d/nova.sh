@@ -18,6 +18,7 @@ configure_nova() {
         nova_conf_api
         nova_conf_compute
         pageserver_conf
+        pageserver_swift_conf
         nova_conf_host
     } | ini "$ETC/nova/nova.conf"
     ini "$ETC/nova/nova-db.conf" <<EOF

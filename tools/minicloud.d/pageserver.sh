@@ -43,6 +43,7 @@ metrics_port = $PAGESERVER_METRICS_PORT
 tls_cert_file = $MC/pki/node.crt
 tls_key_file = $MC/pki/node.key
 tls_ca_file = $MC/pki/ca.crt
+object_store = swift
 EOF
 }
 
