@@ -128,10 +128,44 @@ def table(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
             rows.append(line)
         return header, rows
     if kind == "divergence":
-        return (
-            ["rewritten %", "host MiB per clone"],
-            [[str(r["percent"]), f"{r['host_mib_per_clone']:.1f}"] for r in data["rows"]],
-        )
+        if "step" not in data["rows"][0]:  # recorded before 2026-12-05
+            return (
+                ["rewritten %", "host MiB per clone"],
+                [[str(r["percent"]), f"{r['host_mib_per_clone']:.1f}"] for r in data["rows"]],
+            )
+        header = [
+            "step",
+            "host MiB per clone (PSS)",
+            "1st clone, guest RAM: PSS / its own (written) MiB",
+            "TCG buffer",
+            "thread stacks",
+            "heap",
+            "other anonymous",
+            "files",
+            "page tables",
+        ]
+        rows = []
+        for r in data["rows"]:
+            first = r["first_clone"]
+            rows.append(
+                [
+                    r["step"],
+                    f"{r['host_mib_per_clone']:.1f}",
+                    f"{first['guest RAM']['pss']} / {first['guest RAM']['private_dirty']}",
+                    *(
+                        f"{first[c]['pss']}"
+                        for c in (
+                            "TCG buffer",
+                            "thread stacks",
+                            "heap",
+                            "other anonymous",
+                            "files",
+                        )
+                    ),
+                    f"{first['page_tables']}",
+                ]
+            )
+        return header, rows
     if kind == "pause":
         return (
             ["guest MiB", "pattern MiB", "master pause ms", "whole bless ms"],

@@ -11,6 +11,7 @@ from typing import Any
 
 from benchmarks import common
 from benchmarks import ksm
+from benchmarks import smaps
 from nova_clonedriver.demo import run as demo_mod
 from nova_clonedriver.engine import api
 from nova_clonedriver.engine import hostmem
@@ -207,8 +208,9 @@ def _eager_burst(
 
 
 def divergence(memory_mib: int, clones: int, percents: list[int]) -> dict[str, Any]:
-    """Host memory growth per clone as each clone rewrites a share of its
-    memory (what oversubscription costs as clones drift apart)."""
+    """Host memory growth per clone as each clone reads its pattern, then
+    rewrites a share of it (what oversubscription costs as clones drift
+    apart); the first clone's memory by mapping at each step (smaps.py)."""
     bench = common.Bench()
     try:
         master = bench.master(memory_mib)
@@ -217,20 +219,28 @@ def divergence(memory_mib: int, clones: int, percents: list[int]) -> dict[str, A
         clients = [bench.clone_agent(c) for c in launched]
         bench.wait_agents(clients)
         names = [c.name for c in launched]
-        rows = [
-            {"percent": 0, "host_mib_per_clone": round(hostmem.domains_pss_mib(names) / clones, 1)}
-        ]
+        first_pid = hostmem.qemu_pid(names[0])
+        assert first_pid is not None
+
+        def step(label: str, percent: int | None) -> dict[str, Any]:
+            return {
+                "step": label,
+                "percent": percent,
+                "host_mib_per_clone": round(hostmem.domains_pss_mib(names) / clones, 1),
+                "first_clone": smaps.breakdown(first_pid, generation.memory_image),
+            }
+
+        rows = [step("idle", 0)]
+        for client in clients:
+            if client.request("checksum")["checksum"] != master.checksum:
+                raise RuntimeError("a clone read another pattern than its master's")
+        rows.append(step("read", 0))
         for percent in sorted(percents):
             for seed, client in enumerate(clients, start=1):
                 # The pages "dirty p" rewrites include those of any smaller p,
                 # so after this step ``percent`` of the pattern is rewritten.
                 client.request("dirty", percent, 1000 * percent + seed)
-            rows.append(
-                {
-                    "percent": percent,
-                    "host_mib_per_clone": round(hostmem.domains_pss_mib(names) / clones, 1),
-                }
-            )
+            rows.append(step(f"rewrote {percent}%", percent))
         for client in clients:
             client.close()
         return {"pattern_mib": master.pattern_mib, "clones": clones, "rows": rows}

@@ -47,6 +47,12 @@ def openstack(*args: str, parse: bool = True, timeout: float = 600,
     return json.loads(proc.stdout) if parse else proc.stdout
 
 
+def service_containers() -> list[str]:
+    """The Swift containers of the service project (nova's service user's)."""
+    service = {"OS_USERNAME": "nova", "OS_PROJECT_NAME": "service"}
+    return [c["Name"] for c in openstack("container", "list", credentials=service)]
+
+
 def heartbeats(server: str) -> list[int]:
     return [int(n) for n in HEARTBEAT.findall(
         openstack("console", "log", "show", server, parse=False))]
@@ -156,6 +162,11 @@ class TestCloneCloud(unittest.TestCase):
         self.assertEqual(master["id"], properties["clone_master"])
         self.assertIn("clone_generation", properties)
         hb_after = heartbeats(self.master)[-1]
+        # The page service publishes it to the cloud's Swift, as nova's
+        # service user (tools/minicloud.d/swift.sh).
+        container = f"nova-clone-{properties['clone_generation']}"
+        waiting.wait(lambda: container in service_containers(), 180,
+                     f"{container} not in Swift")
 
         # 3. Eight clones in one request.
         t_post = time.monotonic()
@@ -210,6 +221,8 @@ class TestCloneCloud(unittest.TestCase):
         generation = os.path.join(STATE_DIR, "generations", properties["clone_generation"])
         waiting.wait(lambda: not os.path.exists(generation), 180,
                      f"{generation} of the deleted live image is still there")
+        waiting.wait(lambda: container not in service_containers(), 120,
+                     f"{container} of the freed generation is still in Swift")
         self.assertEqual([], problems)
         print(f"\nclones: 8 POST to all ACTIVE {post_to_active:.1f} s; master hb "
               f"{hb_before}..{hb_after} around the bless, clones' first hb "

@@ -152,7 +152,10 @@ def destroy_all(conn: libvirt.virConnect, name_prefix: str) -> None:
         if not domain.name().startswith(name_prefix):
             continue
         # Asked before the destroy: a transient domain is gone after it.
-        persistent = domain.isPersistent()
+        try:
+            persistent = domain.isPersistent()
+        except libvirt.libvirtError:
+            continue  # gone meanwhile (its QEMU ended)
         with contextlib.suppress(libvirt.libvirtError):
             domain.destroy()
         if persistent:

@@ -2,10 +2,15 @@
 so that clones outlive a restart (or a crash) of the page service.
 
 The mount and its ``/dev/fuse`` connection belong to this process. It
-relays the kernel's FUSE requests to the page service over a Unix
-SEQPACKET socket (one FUSE message per socket message; the page service's
-libfuse reads the socket as if it were ``/dev/fuse``) and the replies back,
-and it keeps every request until its reply has gone to the kernel. When the
+relays the kernel's FUSE requests to the page service over a Unix stream
+socket, which the page service's libfuse reads as if it were ``/dev/fuse``,
+and the replies back, and it keeps every request until its reply has gone
+to the kernel. libfuse takes what one read returns for one request, so a
+request is sent only once the page service has read the one before; the
+replies are told apart by the lengths in their headers. (A socket that
+keeps message boundaries would do without either, but the kernel allocates
+a large message of one in a single contiguous piece, which fails once
+memory is fragmented: a lost reply, and a reader waiting for good.) When the
 page service goes away, the mount stays: a clone that touches a page not
 cached yet waits. The next page service that connects gets the kernel's INIT
 request again (the kernel sends it once per mount, and libfuse answers
@@ -27,9 +32,11 @@ Only processes of its own user (root) may connect to its socket.
 from __future__ import annotations
 
 import argparse
+import array
 import contextlib
 import ctypes
 import errno
+import fcntl
 import json
 import logging
 import os
@@ -73,6 +80,10 @@ SO_RCVBUFFORCE = 33
 # rather than an eighth of one (each request costs a round trip through
 # the front and the page service).
 READ_AHEAD_KIB = 1024
+# How long the front waits between looks at whether the page service has
+# read the last request.
+DELIVERY_POLL_S = 0.00005
+SIOCOUTQ = 0x5411  # linux/sockios.h (TIOCOUTQ): bytes the peer has not read
 MS_NOSUID = 2
 MS_NODEV = 4
 MNT_DETACH = 2
@@ -163,11 +174,25 @@ def unmount(mount_dir: str) -> None:
 
 class _Daemon:
     """The page service's connection; sends are serialized so that the
-    replay goes first."""
+    replay goes first, and so that each request goes alone."""
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.send_lock = threading.Lock()
+        self.gone = threading.Event()
+
+    def deliver(self, message: bytes) -> None:
+        """Send ``message`` once the page service has read the last one
+        (OSError if it cannot be sent)."""
+        unread = array.array("i", [0])
+        while True:
+            fcntl.ioctl(self.sock.fileno(), SIOCOUTQ, unread)
+            if not unread[0]:
+                break
+            if self.gone.is_set():
+                raise ConnectionResetError("the page service is gone")
+            time.sleep(DELIVERY_POLL_S)
+        self.sock.sendall(message)
 
 
 class Front:
@@ -282,9 +307,9 @@ class Front:
             sock.close()
             return
         try:
-            request = json.loads(sock.recv(CONTROL_MESSAGE_BYTES))
+            request = json.loads(_read_line(sock))
             operation = request.get("op") if isinstance(request, dict) else None
-        except ValueError:
+        except (ValueError, OSError):
             operation = None
         if operation == "serve":
             self._serve(sock)
@@ -352,17 +377,34 @@ class Front:
         self.stopped.set()
 
     def _relay_replies(self, daemon: _Daemon) -> None:
-        buffer = bytearray(MAX_MESSAGE_BYTES)
+        buffer = bytearray(2 * MAX_MESSAGE_BYTES)
         view = memoryview(buffer)
+        filled = 0
         while True:
             try:
-                size = daemon.sock.recv_into(buffer)
+                size = daemon.sock.recv_into(view[filled:])
             except OSError as exc:
                 LOG.warning("The page service's connection failed: %s", exc)
                 size = 0
             if not size:
                 break
-            self._answer(view[:size])
+            filled += size
+            start = 0
+            while filled - start >= OUT_HEADER.size:
+                length = OUT_HEADER.unpack_from(buffer, start)[0]
+                if not OUT_HEADER.size <= length <= MAX_MESSAGE_BYTES:
+                    LOG.error("The page service sent a reply of %d bytes; closing", length)
+                    filled = start = 0
+                    daemon.sock.shutdown(socket.SHUT_RDWR)
+                    break
+                if filled - start < length:
+                    break
+                self._answer(view[start : start + length])
+                start += length
+            if start:
+                buffer[: filled - start] = buffer[start:filled]
+                filled -= start
+        daemon.gone.set()
         with self._lock:
             if self._daemon is daemon:
                 self._daemon = None
@@ -410,7 +452,7 @@ class Front:
         the closed connection."""
         for message in messages:
             try:
-                daemon.sock.send(message)
+                daemon.deliver(message)
             except OSError:
                 return
 
@@ -424,15 +466,29 @@ def _hung_up(sock: socket.socket, wait_s: float) -> bool:
 
 def _reply(sock: socket.socket, data: dict[str, Any]) -> None:
     with contextlib.suppress(OSError):
-        sock.send(json.dumps(data).encode())
+        sock.sendall(json.dumps(data).encode() + b"\n")
+
+
+def _read_line(sock: socket.socket) -> bytes:
+    """One line of JSON, and not a byte of what follows it (FUSE messages
+    follow the answer to "serve")."""
+    line = b""
+    while not line.endswith(b"\n"):
+        if len(line) >= CONTROL_MESSAGE_BYTES:
+            raise ValueError("control message too long")
+        byte = sock.recv(1)
+        if not byte:
+            break
+        line += byte
+    return line
 
 
 def _request(path: str, data: dict[str, Any]) -> tuple[socket.socket, dict[str, Any]]:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     try:
         sock.connect(path)
-        sock.send(json.dumps(data).encode())
-        reply = json.loads(sock.recv(CONTROL_MESSAGE_BYTES) or b"null")
+        sock.sendall(json.dumps(data).encode() + b"\n")
+        reply = json.loads(_read_line(sock) or b"null")
         if not isinstance(reply, dict):
             raise FrontError("the FUSE front closed the connection")
         if "error" in reply:
@@ -506,7 +562,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         LOG.error("%s", exc)
         return 1
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     old_umask = os.umask(0o177)  # the socket is mode 0600
     try:
         listener.bind(args.socket)

@@ -1,5 +1,6 @@
 """The FUSE front's relay, with a socket standing in for /dev/fuse (both
 keep message boundaries): requests outlive the page service that read them,
+each goes to the page service alone (libfuse takes a read for a request),
 the kernel's INIT is replayed and its second answer dropped, open files are
 counted, and only the front's own user may connect.
 
@@ -30,7 +31,7 @@ RUN_FRONT = """
 import os, socket, sys
 from nova_clonedriver.pageserver import fusefront
 from tests.fresh import in_a_fresh_process
-listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 os.umask(0o177)
 listener.bind(sys.argv[2])
 listener.listen(4)
@@ -132,6 +133,26 @@ class TestFront(testtools.TestCase):
         self.assertEqual(reply(0, b"notify", error=1), self.kernel.recv(4096))
 
     @in_a_fresh_process
+    def test_requests_go_one_at_a_time_and_replies_are_told_apart(self):
+        self.kernel.send(request(fusefront.OPCODE_INIT, 1))
+        daemon, _ = self.daemon()
+        self.assertEqual(1, unique_of(daemon.recv(4096)))
+        first, second = request(GETATTR, 2, body=b"a" * 100), request(GETATTR, 3)
+        self.sent_to_front(first, second)
+        # libfuse takes one read for one request: the second is not sent
+        # before the first was read.
+        self.assertEqual(first, daemon.recv(4096))
+        self.assertEqual(second, daemon.recv(4096))
+        # Replies written back to back (a stream joins them) reach the
+        # kernel one by one; a larger one whole (as large as the stand-in
+        # for /dev/fuse takes).
+        large = reply(3, bytes(range(256)) * 200)
+        daemon.sendall(reply(1) + reply(2, b"attr") + large)
+        self.assertEqual(reply(1), self.kernel.recv(1 << 21))
+        self.assertEqual(reply(2, b"attr"), self.kernel.recv(1 << 21))
+        self.assertEqual(large, self.kernel.recv(1 << 21))
+
+    @in_a_fresh_process
     def test_one_page_service_at_a_time(self):
         self.daemon()
         error = self.assertRaises(fusefront.FrontError, fusefront.connect, self.path)
@@ -169,10 +190,10 @@ class TestFront(testtools.TestCase):
 
     @in_a_fresh_process
     def test_unknown_operations_are_refused(self):
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.addCleanup(sock.close)
         sock.connect(self.path)
-        sock.send(b'{"op": "dump-memory"}')
+        sock.sendall(b'{"op": "dump-memory"}\n')
         self.assertIn(b"knows the operations serve and stop", sock.recv(4096))
 
     @in_a_fresh_process

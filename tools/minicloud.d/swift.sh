@@ -11,6 +11,9 @@ SWIFT_DIR=$MC/swift
 SWIFT_PORT=8080
 MEMCACHED_PORT=11211
 declare -A SWIFT_SERVER_PORTS=([account]=6202 [container]=6201 [object]=6200)
+# Processes per server: the proxy and the object server carry the data (a
+# process per core of this 2-core machine); 0 runs the server in one process.
+declare -A SWIFT_WORKERS=([account]=0 [container]=0 [object]=2 [proxy]=2)
 
 configure_swift() {
     local name
@@ -23,7 +26,7 @@ bind_port = ${SWIFT_SERVER_PORTS[$name]}
 devices = $SWIFT_DIR/devices
 mount_check = false
 swift_dir = $SWIFT_DIR
-workers = 0
+workers = ${SWIFT_WORKERS[$name]}
 user = root
 log_name = swift-$name
 [pipeline:main]
@@ -43,7 +46,7 @@ EOF
 bind_ip = 0.0.0.0
 bind_port = $SWIFT_PORT
 swift_dir = $SWIFT_DIR
-workers = 0
+workers = ${SWIFT_WORKERS[proxy]}
 user = root
 log_name = swift-proxy
 [pipeline:main]
