@@ -196,9 +196,9 @@ class _Daemon:
 
 
 class Front:
-    """Relays between ``device_fd`` (``/dev/fuse``, or in tests anything
-    that keeps message boundaries) and the page service connected to
-    ``listener``."""
+    """Relays between ``device_fd`` (``/dev/fuse``, or in tests another
+    socket that keeps message boundaries) and the page service connected
+    to ``listener``."""
 
     def __init__(self, device_fd: int, listener: socket.socket, mount_dir: str | None) -> None:
         self.device_fd = device_fd
@@ -232,10 +232,6 @@ class Front:
                     waiting,
                     time.monotonic() - (self._waiting_since or time.monotonic()),
                 )
-
-    def open_files(self) -> dict[int, int]:
-        with self._lock:
-            return dict(self._open_files)
 
     # The kernel's side.
 

@@ -14,6 +14,7 @@ import testtools
 from nova_clonedriver.engine import store as store_mod
 from nova_clonedriver.pageserver import objectfetch
 from nova_clonedriver.pageserver import objectstore
+from nova_clonedriver.pageserver import publish
 from nova_clonedriver.pageserver import transport
 
 GENERATION = "a" * 32
@@ -212,3 +213,106 @@ def _generation_json() -> dict:
 
 def _generation() -> store_mod.Generation:
     return store_mod.Generation.from_json(_generation_json())
+
+
+class FlakyStore(FakeStore):
+    """Fails every put after ``puts_left`` of them."""
+
+    def __init__(self, puts_left: int) -> None:
+        super().__init__()
+        self.puts_left = puts_left
+        self.deleted: list[str] = []
+
+    def put(self, container, name, data):
+        if self.puts_left <= 0:
+            raise objectstore.StoreError("the store is full")
+        self.puts_left -= 1
+        super().put(container, name, data)
+
+    def delete_container(self, container):
+        self.deleted.append(container)
+        super().delete_container(container)
+
+
+class TestPublisher(testtools.TestCase):
+    """The origin's side: what it stores, resumes and deletes."""
+
+    def setUp(self):
+        super().setUp()
+        self.useFixture(fixtures.FakeLogger())
+        root = self.useFixture(fixtures.TempDir()).path
+        self.store = store_mod.SnapshotStore(root)
+        partial = self.store.new_generation_dir(GENERATION)
+        chunk = 1 << 20
+        self.memory = os.urandom(chunk) + bytes(chunk) + os.urandom(chunk)
+        self.disk = os.urandom(chunk) + bytes(chunk)
+        files = {
+            store_mod.MEMORY_IMAGE_FILE: self.memory,
+            store_mod.DEVICE_STREAM_FILE: b"device",
+            "vda.qcow2": self.disk,
+        }
+        for name, data in files.items():
+            with open(os.path.join(partial, name), "wb") as f:
+                f.write(data)
+        generation_json = {
+            **_generation_json(),
+            "memory_bytes": len(self.memory),
+            "chunks": ["x", None, "y"],
+            "disks": [{"target": "vda", "format": "qcow2", "base": "vda.qcow2"}],
+        }
+        self.generation = store_mod.Generation.from_json(generation_json)
+        self.store.publish(self.generation, partial)
+        self.published: dict = {}
+
+    def publisher(self, objects):
+        return publish.Publisher(self.store, objects, self.published)
+
+    def test_chunks_are_stored_sealed_and_zeros_listed(self):
+        objects = FlakyStore(puts_left=100)
+        publisher = self.publisher(objects)
+        self.assertEqual({"object_store_pending": True}, publisher.offer(self.generation))
+        publisher.reconcile()
+        offer = publisher.offer(self.generation)["object_store"]
+        # memory chunks 0 and 2 (1 is zeros, known from its checksum), disk
+        # chunk 0 (1 is zeros: listed); not the device state
+        self.assertEqual(
+            {
+                objectstore.object_name(0, 0),
+                objectstore.object_name(0, 2),
+                objectstore.object_name(2, 0),
+            },
+            {name for _, name in objects.objects},
+        )
+        self.assertEqual({"2": [1]}, offer["zero_chunks"])
+        sealed = objects.objects[(offer["container"], objectstore.object_name(0, 2))]
+        self.assertEqual(
+            self.memory[2 << 20 :],
+            objectstore.unseal(offer["key"], GENERATION, 0, 2, sealed),
+        )
+        self.assertTrue(self.published[GENERATION]["complete"])
+        records = os.path.join(self.store.state_dir, publish.RECORDS_DIR)
+        self.assertEqual(
+            0o600, os.stat(os.path.join(records, f"{GENERATION}.json")).st_mode & 0o777
+        )
+        publisher.reconcile()  # nothing more to do
+        self.assertEqual(97, objects.puts_left)
+
+    def test_an_interrupted_publication_resumes_under_its_key_and_is_offered_once_whole(self):
+        objects = FlakyStore(puts_left=1)
+        publisher = self.publisher(objects)
+        publisher.reconcile()
+        self.assertIn("object_store_pending", publisher.offer(self.generation))
+        key = publisher._record(GENERATION)["key"]
+        objects.puts_left = 100
+        publisher.reconcile()
+        self.assertEqual(key, publisher.offer(self.generation)["object_store"]["key"])
+
+    def test_a_discarded_generation_leaves_the_store(self):
+        objects = FlakyStore(puts_left=100)
+        publisher = self.publisher(objects)
+        publisher.reconcile()
+        self.store.remove_generation(self.generation)
+        publisher.reconcile()
+        self.assertEqual([publish.container_of(GENERATION)], objects.deleted)
+        self.assertEqual({}, objects.objects)
+        self.assertEqual({}, self.published)
