@@ -5,12 +5,14 @@ The mount and its ``/dev/fuse`` connection belong to this process. It
 relays the kernel's FUSE requests to the page service over a Unix stream
 socket, which the page service's libfuse reads as if it were ``/dev/fuse``,
 and the replies back, and it keeps every request until its reply has gone
-to the kernel. libfuse takes what one read returns for one request, so a
-request is sent only once the page service has read the one before; the
-replies are told apart by the lengths in their headers. (A socket that
-keeps message boundaries would do without either, but the kernel allocates
-a large message of one in a single contiguous piece, which fails once
-memory is fragmented: a lost reply, and a reader waiting for good.) When the
+to the kernel. libfuse takes what one read returns for one request, and a
+read of a stream socket runs on into the next message, except that Linux
+ends it after a message that carries a file descriptor: so each request
+carries one (of ``/dev/null``; a ``read`` closes it). The replies are told
+apart by the lengths in their headers. (A socket that keeps message
+boundaries would do without either, but the kernel allocates a large
+message of one in a single contiguous piece, which fails once memory is
+fragmented: a lost reply, and a reader waiting for good.) When the
 page service goes away, the mount stays: a clone that touches a page not
 cached yet waits. The next page service that connects gets the kernel's INIT
 request again (the kernel sends it once per mount, and libfuse answers
@@ -36,7 +38,6 @@ import array
 import contextlib
 import ctypes
 import errno
-import fcntl
 import json
 import logging
 import os
@@ -80,10 +81,6 @@ SO_RCVBUFFORCE = 33
 # rather than an eighth of one (each request costs a round trip through
 # the front and the page service).
 READ_AHEAD_KIB = 1024
-# How long the front waits between looks at whether the page service has
-# read the last request.
-DELIVERY_POLL_S = 0.00005
-SIOCOUTQ = 0x5411  # linux/sockios.h (TIOCOUTQ): bytes the peer has not read
 MS_NOSUID = 2
 MS_NODEV = 4
 MNT_DETACH = 2
@@ -174,25 +171,19 @@ def unmount(mount_dir: str) -> None:
 
 class _Daemon:
     """The page service's connection; sends are serialized so that the
-    replay goes first, and so that each request goes alone."""
+    replay goes first."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, barrier_fd: int) -> None:
         self.sock = sock
         self.send_lock = threading.Lock()
-        self.gone = threading.Event()
+        self._rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [barrier_fd]))]
 
-    def deliver(self, message: bytes) -> None:
-        """Send ``message`` once the page service has read the last one
-        (OSError if it cannot be sent)."""
-        unread = array.array("i", [0])
-        while True:
-            fcntl.ioctl(self.sock.fileno(), SIOCOUTQ, unread)
-            if not unread[0]:
-                break
-            if self.gone.is_set():
-                raise ConnectionResetError("the page service is gone")
-            time.sleep(DELIVERY_POLL_S)
-        self.sock.sendall(message)
+    def deliver(self, request: bytes) -> None:
+        """Send ``request`` so that a read by the page service returns it
+        alone (OSError if it cannot be sent). A request is a few hundred
+        bytes (the mount is read-only: no WRITE), far below the socket's
+        buffer: one send, one message."""
+        self.sock.sendmsg([request], self._rights)
 
 
 class Front:
@@ -200,13 +191,22 @@ class Front:
     socket that keeps message boundaries) and the page service connected
     to ``listener``."""
 
-    def __init__(self, device_fd: int, listener: socket.socket, mount_dir: str | None) -> None:
+    def __init__(
+        self,
+        device_fd: int,
+        listener: socket.socket,
+        mount_dir: str | None,
+        waiting_log_interval_s: float = WAITING_LOG_INTERVAL_S,
+    ) -> None:
         self.device_fd = device_fd
         self.listener = listener
         self.mount_dir = mount_dir
+        self.waiting_log_interval_s = waiting_log_interval_s
+        self._barrier_fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         self._lock = threading.Lock()
         self._daemon: _Daemon | None = None
-        self._pending: dict[int, bytes] = {}  # unique -> request, until answered
+        # unique -> (request, when it was read), until answered
+        self._pending: dict[int, tuple[bytes, float]] = {}
         self._opening: dict[int, int] = {}  # unique of an OPEN -> its nodeid
         self._open_files: dict[int, int] = {}  # nodeid -> opens not released
         self._init: bytes | None = None
@@ -223,15 +223,38 @@ class Front:
         ]
         for thread in threads:
             thread.start()
-        while not self.stopped.wait(WAITING_LOG_INTERVAL_S):
-            with self._lock:
-                waiting = len(self._pending) if self._daemon is None else 0
-            if waiting:
-                LOG.warning(
-                    "%d FUSE request(s) wait for a page service (none connected for %.0f s)",
-                    waiting,
-                    time.monotonic() - (self._waiting_since or time.monotonic()),
-                )
+        while not self.stopped.wait(self.waiting_log_interval_s):
+            self._log_waiting()
+
+    def _log_waiting(self) -> None:
+        """What waits: for a page service, or for long for its answer."""
+        now = time.monotonic()
+        with self._lock:
+            connected = self._daemon is not None
+            waiting = len(self._pending)
+            old = [
+                (unique, IN_HEADER.unpack_from(request), now - since)
+                for unique, (request, since) in self._pending.items()
+                if now - since > self.waiting_log_interval_s
+            ]
+        if waiting and not connected:
+            LOG.warning(
+                "%d FUSE request(s) wait for a page service (none connected for %.0f s)",
+                waiting,
+                now - (self._waiting_since or now),
+            )
+        elif old:
+            unique, header, age_s = max(old, key=lambda entry: entry[2])
+            LOG.warning(
+                "%d FUSE request(s) unanswered for over %g s; the oldest: opcode %d, "
+                "unique %d, inode %d, for %.0f s",
+                len(old),
+                self.waiting_log_interval_s,
+                header[1],
+                unique,
+                header[3],
+                age_s,
+            )
 
     # The kernel's side.
 
@@ -264,7 +287,7 @@ class Front:
             elif opcode == OPCODE_RELEASE:
                 self._release(nodeid)
             if opcode not in NO_REPLY_OPCODES:
-                self._pending[unique] = request
+                self._pending[unique] = (request, time.monotonic())
             daemon = self._daemon
         if daemon is not None:
             self._send(daemon, [request])
@@ -329,10 +352,10 @@ class Front:
                 busy = True
             else:
                 busy = False
-                daemon = _Daemon(sock)
+                daemon = _Daemon(sock, self._barrier_fd)
                 daemon.send_lock.acquire()  # the replay goes first
                 self._daemon = daemon
-                replay = list(self._pending.values())
+                replay = [request for request, _ in self._pending.values()]
                 unanswered = len(replay)
                 if self._init_answered and self._init is not None:
                     replay.insert(0, self._init)
@@ -400,7 +423,6 @@ class Front:
             if start:
                 buffer[: filled - start] = buffer[start:filled]
                 filled -= start
-        daemon.gone.set()
         with self._lock:
             if self._daemon is daemon:
                 self._daemon = None

@@ -27,7 +27,7 @@ import itertools
 import json
 import logging
 import os
-import select
+import selectors
 import socket
 import ssl
 import threading
@@ -113,16 +113,18 @@ class _Connection:
     def _run(self) -> None:
         reason: Exception = _ConnectionLost("connection closed")
         want_write = False
+        # Not select.select: descriptors above FD_SETSIZE (1024) fail there.
+        selector = selectors.DefaultSelector()
+        selector.register(self._wake_read, selectors.EVENT_READ)
+        selector.register(self._sock, selectors.EVENT_READ)
         try:
             while not self._closing:
                 with self._lock:
                     writing = want_write or bool(self._outgoing)
-                readable, _, _ = select.select(
-                    [self._sock.fileno(), self._wake_read],
-                    [self._sock.fileno()] if writing else [],
-                    [],
+                selector.modify(
+                    self._sock, selectors.EVENT_READ | (selectors.EVENT_WRITE if writing else 0)
                 )
-                if self._wake_read in readable:
+                if any(key.fd == self._wake_read for key, _ in selector.select()):
                     with contextlib.suppress(BlockingIOError):
                         os.read(self._wake_read, 4096)
                 if self._closing:
@@ -134,6 +136,7 @@ class _Connection:
         except (OSError, ValueError) as exc:  # ssl.SSLError, ConnectionClosed among them
             reason = _ConnectionLost(str(exc) or type(exc).__name__)
         finally:
+            selector.close()
             with contextlib.suppress(OSError):
                 self._sock.close()
             os.close(self._wake_read)

@@ -1,7 +1,7 @@
 """The FUSE front's relay, with a socket standing in for /dev/fuse (both
 keep message boundaries): requests outlive the page service that read them,
-each goes to the page service alone (libfuse takes a read for a request),
-the kernel's INIT is replayed and its second answer dropped, open files are
+a read by the page service returns one request (libfuse takes a read for
+a request), the kernel's INIT is replayed and its second answer dropped, open files are
 counted, and only the front's own user may connect.
 
 The front runs in a process of its own, as it does beside a page service,
@@ -26,7 +26,7 @@ from nova_clonedriver.pageserver import fusefront
 from tests.fresh import in_a_fresh_process
 
 # The front on an inherited descriptor (argv[1]) and socket path (argv[2]),
-# without a mount.
+# without a mount, logging what waits every argv[3] seconds.
 RUN_FRONT = """
 import os, socket, sys
 from nova_clonedriver.pageserver import fusefront
@@ -36,12 +36,13 @@ os.umask(0o177)
 listener.bind(sys.argv[2])
 listener.listen(4)
 print("listening", flush=True)
-fusefront.Front(int(sys.argv[1]), listener, None).run()
+fusefront.Front(int(sys.argv[1]), listener, None, float(sys.argv[3])).run()
 """
 
 GETATTR = 3
 READ = 15
 TIMEOUT_S = 10
+LOG_INTERVAL_S = 0.5
 
 
 def request(opcode: int, unique: int, nodeid: int = 1, body: bytes = b"") -> bytes:
@@ -66,9 +67,17 @@ class TestFront(testtools.TestCase):
         self.kernel, device = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.kernel.settimeout(TIMEOUT_S)
         self.front = subprocess.Popen(
-            [sys.executable, "-c", RUN_FRONT, str(device.fileno()), self.path],
+            [
+                sys.executable,
+                "-c",
+                RUN_FRONT,
+                str(device.fileno()),
+                self.path,
+                str(LOG_INTERVAL_S),
+            ],
             pass_fds=[device.fileno()],
             stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
         )
         device.close()  # the front's now
@@ -133,16 +142,24 @@ class TestFront(testtools.TestCase):
         self.assertEqual(reply(0, b"notify", error=1), self.kernel.recv(4096))
 
     @in_a_fresh_process
-    def test_requests_go_one_at_a_time_and_replies_are_told_apart(self):
+    def test_each_request_is_read_alone_and_replies_are_told_apart(self):
         self.kernel.send(request(fusefront.OPCODE_INIT, 1))
         daemon, _ = self.daemon()
         self.assertEqual(1, unique_of(daemon.recv(4096)))
         first, second = request(GETATTR, 2, body=b"a" * 100), request(GETATTR, 3)
         self.sent_to_front(first, second)
-        # libfuse takes one read for one request: the second is not sent
-        # before the first was read.
-        self.assertEqual(first, daemon.recv(4096))
-        self.assertEqual(second, daemon.recv(4096))
+        # Both wait in the stream; libfuse takes one read for one request.
+        waiting = array.array("i", [0])
+        deadline = time.monotonic() + TIMEOUT_S
+        while waiting[0] < len(first + second) and time.monotonic() < deadline:
+            fcntl.ioctl(daemon.fileno(), termios.FIONREAD, waiting)
+            time.sleep(0.01)
+        self.assertEqual(len(first + second), waiting[0])
+        descriptors = len(os.listdir("/proc/self/fd"))
+        self.assertEqual(first, os.read(daemon.fileno(), 4096))
+        self.assertEqual(second, os.read(daemon.fileno(), 4096))
+        # The descriptors that end each request are closed by the reads.
+        self.assertEqual(descriptors, len(os.listdir("/proc/self/fd")))
         # Replies written back to back (a stream joins them) reach the
         # kernel one by one; a larger one whole (as large as the stand-in
         # for /dev/fuse takes).
@@ -151,6 +168,25 @@ class TestFront(testtools.TestCase):
         self.assertEqual(reply(1), self.kernel.recv(1 << 21))
         self.assertEqual(reply(2, b"attr"), self.kernel.recv(1 << 21))
         self.assertEqual(large, self.kernel.recv(1 << 21))
+
+    @in_a_fresh_process
+    def test_requests_long_unanswered_are_logged(self):
+        self.kernel.send(request(fusefront.OPCODE_INIT, 1))
+        daemon, _ = self.daemon()
+        daemon.recv(4096)
+        daemon.send(reply(1))
+        self.kernel.recv(4096)
+        self.kernel.send(request(READ, 7, nodeid=42))
+        daemon.recv(4096)  # and no answer
+        time.sleep(3 * LOG_INTERVAL_S)
+        self.front.kill()
+        log = self.front.stderr.read().decode()
+        self.assertIn(
+            "1 FUSE request(s) unanswered for over 0.5 s; the oldest: opcode 15, "
+            "unique 7, inode 42",
+            log,
+        )
+        self.assertNotIn("unique 1,", log)
 
     @in_a_fresh_process
     def test_one_page_service_at_a_time(self):
