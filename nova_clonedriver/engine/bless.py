@@ -182,6 +182,7 @@ def bless(
             "would all continue with its kernel's RNG state"
         )
     try:
+        domainxml.check_no_memory_balloon(root)
         disks = domainxml.writable_disks(root)
     except domainxml.DomainXMLError as exc:
         raise BlessError(f"cannot bless {domain_name!r}: {exc}") from exc

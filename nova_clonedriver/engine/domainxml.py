@@ -105,6 +105,27 @@ def has_agent_channel(root: ET.Element) -> bool:
     )
 
 
+def check_no_memory_balloon(root: ET.Element) -> None:
+    """Refuse a domain with a memory balloon (libvirt adds a virtio one
+    unless told ``model='none'``; nova writes one with free page reporting
+    on). In a clone, QEMU discards what the
+    balloon takes in or the guest reports free (nova turns free page
+    reporting on) by punching holes into the RAM's backing file: the
+    generation's memory image, which every clone maps. Other clones would
+    then read zeros where their memory was, and so would later clones. A
+    guest inflates its balloon whenever it likes, so no setting of the
+    balloon makes it safe."""
+    for balloon in root.iterfind("devices/memballoon"):
+        model = balloon.get("model", "")
+        if model != "none":
+            raise DomainXMLError(
+                f"it has a memory balloon (<memballoon model='{model}'>): in a clone, QEMU "
+                "would punch holes into the memory image all its clones map. Boot the "
+                "master with <memballoon model='none'/> (nova-clonedriver's nova driver "
+                "boots every server so: hard-reboot one started before)"
+            )
+
+
 def is_clone(root: ET.Element) -> bool:
     """Whether the domain runs from a generation's memory image."""
     return any(

@@ -161,13 +161,19 @@ def _notify(callback: Callable[[Clone], None], clone: Clone) -> None:
 
 
 def verify(generation: store_mod.Generation) -> None:
-    """Refuse a generation whose files are missing or damaged.
+    """Refuse a generation whose files are missing or damaged, or whose
+    clones would damage it (blessed with a memory balloon before bless
+    refused those).
 
     Chunk checksums are checked in full once, then again only when the memory
     image file changes (size, inode or mtime), so launches stay cheap. The
     memory of a generation presented by the page service (blessed on another
     node) is not read here: the page service checks every chunk as it
     arrives."""
+    try:
+        domainxml.check_no_memory_balloon(domainxml.parse(generation.domain_xml))
+    except domainxml.DomainXMLError as exc:
+        raise LaunchError(f"snapshot {generation.id} cannot be cloned: {exc}") from exc
     for path in [generation.memory_image, generation.device_stream] + [
         generation.disk_base(d) for d in generation.disks
     ]:

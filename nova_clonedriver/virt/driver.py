@@ -62,11 +62,17 @@ def is_clone_flavor(flavor: Any) -> bool:
 def guest_xml_for_clones(xml: str) -> str:
     """nova's domain XML with what cloning needs: a VM generation ID (any
     server may become a master, and its clones get new ones; nova itself
-    never writes one), and a blessed master's disks on the overlays of its
+    never writes one), no memory balloon (a clone's would damage its
+    generation: engine.domainxml.check_no_memory_balloon; so no balloon
+    statistics either), and a blessed master's disks on the overlays of its
     last bless (its images are its clones' read-only frozen bases)."""
     root = etree.fromstring(xml)
     if root.find("genid") is None:
         root.find("uuid").addnext(etree.Element("genid"))
+    devices = root.find("devices")
+    for balloon in devices.findall("memballoon"):
+        devices.remove(balloon)
+    etree.SubElement(devices, "memballoon", model="none")
     for disk in root.iterfind("devices/disk[@type='file']"):
         source = disk.find("source")
         path = source.get("file") if source is not None else None

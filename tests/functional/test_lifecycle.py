@@ -8,9 +8,12 @@ import sys
 import time
 
 from nova_clonedriver.demo import agent as agent_mod
+from nova_clonedriver.demo import testguest
 from nova_clonedriver.engine import api
+from nova_clonedriver.engine import domainxml
 from nova_clonedriver.engine import memimage
 from nova_clonedriver.engine import qmp
+from nova_clonedriver.engine import store
 from tests.functional import base
 
 
@@ -129,6 +132,34 @@ class TestLifecycleAndFailures(base.LibvirtTestCase):
         finally:
             self.master.resume()
         self.assertEqual(self.generations_before, os.listdir(self.engine.store.generations_dir))
+
+    def test_bless_refuses_a_master_with_a_memory_balloon(self):
+        # libvirt adds a virtio balloon to a domain that names none (nova
+        # writes one itself): a clone's would punch holes into the memory image.
+        workdir = os.path.join(self.state_dir, "balloon")
+        testguest.prepare(workdir)
+        xml = testguest.domain_xml(f"{self.prefix}-balloon", 128, workdir)
+        domain = self.conn.createXML(xml.replace("<memballoon model='none'/>", ""), 0)
+        self.addCleanup(domain.destroy)
+        self.assertIn("<memballoon model='virtio'>", domain.XMLDesc(0))
+        error = self.assertRaises(api.BlessError, self.engine.bless, domain.name())
+        self.assertIn("has a memory balloon (<memballoon model='virtio'>)", str(error))
+        self.assertEqual(1, domain.state()[0])  # running, untouched
+        self.assertEqual(self.generations_before, os.listdir(self.engine.store.generations_dir))
+
+    def test_a_generation_blessed_with_a_memory_balloon_is_not_cloned(self):
+        # As one blessed before bless refused them.
+        generation = self._bless()
+        path = os.path.join(generation.directory, store.GENERATION_FILE)
+        with open(path) as f:
+            record = json.load(f)
+        root = domainxml.parse(record["domain_xml"])
+        root.find("devices/memballoon").set("model", "virtio")
+        record["domain_xml"] = domainxml.to_string(root)
+        store.write_json_atomic(path, record, mode=0o600)
+        error = self.assertRaises(api.LaunchError, self.engine.launch, generation.id)
+        self.assertIn(f"snapshot {generation.id} cannot be cloned: it has a memory", str(error))
+        self.assertNothingCreated(generation)
 
     def test_bless_that_fails_midway_leaves_the_master_as_it_was(self):
         impatient = api.CloneEngine(

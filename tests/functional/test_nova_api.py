@@ -36,6 +36,7 @@ import fixtures
 # ImportModulePoisonFixture({'libvirt', 'guestfs'}): that fixture only hooks
 # sys.meta_path, so a module already in sys.modules is never refused.
 import libvirt
+from lxml import etree
 from nova.tests import fixtures as nova_fixtures
 from nova.tests.functional import integrated_helpers
 from nova.tests.functional.api import client
@@ -288,6 +289,12 @@ class TestLiveClonesThroughNovaAPI(NovaAPITestCase):
         # 2. The master: an ordinary server, booted by LibvirtDriver's path.
         master = self._boot("master", self.image_id, normal)
         master = self._wait_status(master["id"], "ACTIVE")
+        # Without the virtio balloon nova gives every server (with free page
+        # reporting on): in a clone it would punch holes into the memory image.
+        balloons = etree.fromstring(self.conn.lookupByUUIDString(master["id"]).XMLDesc(0)).findall(
+            "devices/memballoon"
+        )
+        self.assertEqual(["none"], [b.get("model") for b in balloons])
         # Let it run a few seconds, so that carrying on from the master's
         # count is told apart from starting again.
         waiting.wait(

@@ -95,6 +95,22 @@ class TestMasterFacts(testtools.TestCase):
         xml = MASTER.replace("type='raw'", "type='vmdk'")
         self.assertRaises(domainxml.DomainXMLError, domainxml.writable_disks, domainxml.parse(xml))
 
+    def test_a_memory_balloon_is_refused(self):
+        # What nova writes unless [libvirt] mem_stats_period_seconds = 0.
+        nova_balloon = (
+            "<memballoon model='virtio' autodeflate='on' freePageReporting='on'>"
+            "<stats period='10'/></memballoon></devices>"
+        )
+        for balloon in (nova_balloon, "<memballoon model='virtio'/></devices>"):
+            root = domainxml.parse(MASTER.replace("</devices>", balloon))
+            error = self.assertRaises(
+                domainxml.DomainXMLError, domainxml.check_no_memory_balloon, root
+            )
+            self.assertIn("memory balloon (<memballoon model='virtio'>)", str(error))
+            self.assertIn("<memballoon model='none'/>", str(error))
+        for xml in (MASTER, MASTER.replace("</devices>", "<memballoon model='none'/></devices>")):
+            domainxml.check_no_memory_balloon(domainxml.parse(xml))
+
 
 class TestCloneXML(testtools.TestCase):
     def setUp(self):

@@ -51,6 +51,20 @@ class TestGuestXMLForClones(testtools.TestCase):
         again = driver_mod.guest_xml_for_clones(xml)
         self.assertEqual(1, len(etree.fromstring(again).findall("genid")))
 
+    def test_no_server_gets_a_memory_balloon(self):
+        # nova's, when [libvirt] mem_stats_period_seconds > 0 (its default).
+        balloon = (
+            '<memballoon model="virtio" autodeflate="on" freePageReporting="on">'
+            '<stats period="10"/></memballoon></devices>'
+        )
+        xml = driver_mod.guest_xml_for_clones(
+            NOVA_XML.format(folder=self.folder, fmt="qcow2").replace("</devices>", balloon)
+        )
+        balloons = etree.fromstring(xml).findall("devices/memballoon")
+        self.assertEqual([{"model": "none"}], [dict(b.attrib) for b in balloons])
+        _, root = self.rewritten()  # none written: libvirt would add a virtio one
+        self.assertEqual(["none"], [b.get("model") for b in root.iterfind("devices/memballoon")])
+
     def test_a_never_blessed_server_keeps_its_disks(self):
         _, root = self.rewritten()
         self.assertEqual(
