@@ -34,7 +34,7 @@ class TestTestGuest(base.LibvirtTestCase):
         self.assertEqual(filled["checksum"], self.agent.request("checksum")["checksum"])
         self.assertEqual(16, self.agent.request("ping")["pattern_mib"])
         dirty = self.agent.request("dirty", 10, 99)
-        self.assertEqual(409, dirty["pages"])  # 10% of 4096 pages
+        self.assertEqual(410, dirty["pages"])  # 10 of each 100 of 4096 pages
         self.assertNotEqual(filled["checksum"], self.agent.request("checksum")["checksum"])
         again = self.agent.request("fill", 16, 5)
         self.assertEqual(filled["checksum"], again["checksum"])

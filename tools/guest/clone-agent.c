@@ -150,14 +150,20 @@ static int do_fill(size_t mib, uint64_t seed)
     return 0;
 }
 
+/* Rewrite <percent> of every 100 pages, spread over each hundred (37 is
+ * prime to 100), so that the pages of a smaller percent are among those of a
+ * larger one: after "dirty 1" then "dirty 10", 10% of the pages differ from
+ * the master's, not 10% plus some of the 1%. */
+#define DIRTY_SPREAD 37
 static size_t do_dirty(unsigned percent, uint64_t seed)
 {
     size_t pages = pattern_bytes / PAGE_SIZE_BYTES;
-    size_t count = pages * percent / 100;
-    /* Spread the rewritten pages over the whole region. */
-    for (size_t k = 0; k < count; k++) {
-        size_t p = (size_t)((k * (uint64_t)pages) / (count ? count : 1));
-        write_page(pattern + p * (PAGE_SIZE_BYTES / 8), seed, p);
+    size_t count = 0;
+    for (size_t p = 0; p < pages; p++) {
+        if ((p * DIRTY_SPREAD) % 100 < percent) {
+            write_page(pattern + p * (PAGE_SIZE_BYTES / 8), seed, p);
+            count++;
+        }
     }
     return count;
 }
