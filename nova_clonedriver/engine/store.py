@@ -16,6 +16,7 @@ import hmac
 import json
 import os
 import shutil
+import tempfile
 from typing import Any
 from typing import TypeVar
 
@@ -145,12 +146,21 @@ class PeerReference:
 
 
 def write_json_atomic(path: str, data: Any, mode: int = 0o644) -> None:
-    tmp = f"{path}.tmp"
-    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode), "w") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.rename(tmp, path)
+    """Readers see the old file or the new one, whole. Each writer has a
+    temporary file of its own: clones of one generation starting at once
+    all write its ``verified.json``."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=os.path.basename(path) + ".")
+    try:
+        os.fchmod(fd, mode)
+        with open(fd, "w") as f:
+            json.dump(data, f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 def _read_records(directory: str, record: type[Record]) -> list[Record]:

@@ -1,10 +1,14 @@
+import concurrent.futures
+import json
 import os
+import threading
 from unittest import mock
 
 import fixtures
 import testtools
 
 from nova_clonedriver.engine import store as store_mod
+from tests.fresh import in_a_fresh_process
 
 
 def make_generation(store, generation_id="ab12" * 8):
@@ -144,3 +148,24 @@ class TestAccessKey(testtools.TestCase):
         self.assertFalse(make_generation(self.store, "cd34" * 8).admits(""))
         record = os.path.join(self.store.generations_dir, generation.id, store_mod.GENERATION_FILE)
         self.assertEqual(0o600, os.stat(record).st_mode & 0o777)
+
+
+class TestWriteJSONAtomic(testtools.TestCase):
+    @in_a_fresh_process  # real threads: eventlet's would take turns
+    def test_writers_at_once_each_leave_a_whole_file_and_nothing_else(self):
+        # As clones of one generation starting together write verified.json.
+        folder = self.useFixture(fixtures.TempDir()).path
+        path = os.path.join(folder, "verified.json")
+        records = [{"writer": n, "pad": "x" * 100_000} for n in range(8)]
+        barrier = threading.Barrier(len(records))
+
+        def write(record):
+            barrier.wait()
+            store_mod.write_json_atomic(path, record, mode=0o600)
+
+        with concurrent.futures.ThreadPoolExecutor(len(records)) as pool:
+            list(pool.map(write, records))  # raises what a writer raised
+        with open(path) as f:
+            self.assertIn(json.load(f), records)
+        self.assertEqual(["verified.json"], os.listdir(folder))
+        self.assertEqual(0o600, os.stat(path).st_mode & 0o777)
