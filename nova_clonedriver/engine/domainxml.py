@@ -108,9 +108,8 @@ def has_agent_channel(root: ET.Element) -> bool:
 def check_no_memory_balloon(root: ET.Element) -> None:
     """Refuse a domain with a memory balloon (libvirt adds a virtio one
     unless told ``model='none'``; nova writes one with free page reporting
-    on). In a clone, QEMU discards what the
-    balloon takes in or the guest reports free (nova turns free page
-    reporting on) by punching holes into the RAM's backing file: the
+    on). In a clone, QEMU discards what the balloon takes in or the guest
+    reports free by punching holes into the RAM's backing file: the
     generation's memory image, which every clone maps. Other clones would
     then read zeros where their memory was, and so would later clones. A
     guest inflates its balloon whenever it likes, so no setting of the
