@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from collections.abc import Iterator
 import contextlib
 import os
 import socket
@@ -80,6 +81,22 @@ class DelayProxy:
         if self._server is not None:
             self._loop.call_soon_threadsafe(self._server.close)
         self._loop.call_soon_threadsafe(self._loop.stop)
+
+
+@contextlib.contextmanager
+def delay_proxies(
+    target_host: str, targets: list[tuple[str, int]], delay_ms: float
+) -> Iterator[dict[str, DelayProxy]]:
+    """A DelayProxy per (name, port) of ``target_host``, by name; none at 0 ms."""
+    proxies: dict[str, DelayProxy] = {}
+    try:
+        if delay_ms:
+            for name, port in targets:
+                proxies[name] = DelayProxy(target_host, port, delay_ms)
+        yield proxies
+    finally:
+        for proxy in proxies.values():
+            proxy.close()
 
 
 def stream_mib_per_s(

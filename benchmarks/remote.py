@@ -12,6 +12,8 @@ A clone started on A itself is the local baseline.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+import contextlib
 import os
 import subprocess
 import sys
@@ -69,15 +71,11 @@ def _measure(
     master = bench.master(memory_mib)
     generation = bench.engine.bless(master.domain.name())
     local = _clone_run(bench, bench.engine, generation.id, "local")
-    streams = start_stream_servers(origin_host, pki, origin, STREAM_MIB)
     rows = []
-    try:
+    with stream_servers(origin_host, pki, origin, STREAM_MIB) as streams:
+        targets = [("page service", origin.port), *streams["ports"]]
         for delay_ms in delays_ms:
-            proxies = {}
-            if delay_ms:
-                for name, port in [("page service", origin.port), *streams["ports"]]:
-                    proxies[name] = link.DelayProxy(origin_host.address, port, delay_ms)
-            try:
+            with link.delay_proxies(origin_host.address, targets, delay_ms) as proxies:
                 rows += _delay_rows(
                     bench,
                     root,
@@ -90,12 +88,6 @@ def _measure(
                     proxies,
                     streams,
                 )
-            finally:
-                for proxy in proxies.values():
-                    proxy.close()
-    finally:
-        for server in streams["servers"]:
-            server.kill()
     return {
         "pattern_mib": master.pattern_mib,
         "local_clone": local,
@@ -220,11 +212,12 @@ def _fetched_mib(node: localnode.LocalNode, generation_id: str) -> float:
     return stats.get("bytes_fetched", 0) / 2**20
 
 
-def start_stream_servers(
+@contextlib.contextmanager
+def stream_servers(
     origin_host: netns.Host, pki: pki_mod.ThrowawayPKI, origin: localnode.LocalNode, mib: int
-) -> dict[str, Any]:
+) -> Iterator[dict[str, Any]]:
     """A plain TCP and a TLS server on the origin's host, each sending
-    ``mib`` MiB to every client (benchmarks.link)."""
+    ``mib`` MiB to every client (benchmarks.link), until the block ends."""
     ports = {"tcp": localnode.free_port(), "tls": localnode.free_port()}
     command = [
         *origin_host.wrapper,
@@ -249,5 +242,9 @@ def start_stream_servers(
             ]
         ),
     ]
-    time.sleep(1)  # let them listen
-    return {**ports, "ports": list(ports.items()), "servers": servers}
+    try:
+        time.sleep(1)  # let them listen
+        yield {**ports, "ports": list(ports.items())}
+    finally:
+        for server in servers:
+            server.kill()

@@ -124,16 +124,11 @@ def _measure(
             _share_generation(generation, origin.state_dir)
         origin.start()
         nodes.append(origin)
-    streams = remote.start_stream_servers(origin_host, pki, origins[""], memory_mib)
     rows = []
-    try:
+    with remote.stream_servers(origin_host, pki, origins[""], memory_mib) as streams:
+        targets = [(f"page service{v}", o.port) for v, o in origins.items()] + streams["ports"]
         for delay_ms in delays_ms:
-            proxies: dict[str, link.DelayProxy] = {}
-            if delay_ms:
-                targets = [(f"page service{v}", o.port) for v, o in origins.items()]
-                for name, port in targets + streams["ports"]:
-                    proxies[name] = link.DelayProxy(origin_host.address, port, delay_ms)
-            try:
+            with link.delay_proxies(origin_host.address, targets, delay_ms) as proxies:
                 rows.append(
                     _delay_row(
                         root,
@@ -147,12 +142,6 @@ def _measure(
                         streams,
                     )
                 )
-            finally:
-                for proxy in proxies.values():
-                    proxy.close()
-    finally:
-        for server in streams["servers"]:
-            server.kill()
     return {
         "memory_mib": memory_mib,
         "rounds": ROUNDS,
