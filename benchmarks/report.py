@@ -7,6 +7,8 @@ import json
 import os
 from typing import Any
 
+from benchmarks import smaps
+
 DOC_DIR = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "doc", "source"
 )
@@ -133,15 +135,12 @@ def table(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
                 ["rewritten %", "host MiB per clone"],
                 [[str(r["percent"]), f"{r['host_mib_per_clone']:.1f}"] for r in data["rows"]],
             )
+        others = smaps.CATEGORIES[1:]  # after the guest RAM
         header = [
             "step",
             "host MiB per clone (PSS)",
             "1st clone, guest RAM: PSS / its own (written) MiB",
-            "TCG buffer",
-            "thread stacks",
-            "heap",
-            "other anonymous",
-            "files",
+            *others,
             "page tables",
         ]
         rows = []
@@ -152,16 +151,7 @@ def table(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
                     r["step"],
                     f"{r['host_mib_per_clone']:.1f}",
                     f"{first['guest RAM']['pss']} / {first['guest RAM']['private_dirty']}",
-                    *(
-                        f"{first[c]['pss']}"
-                        for c in (
-                            "TCG buffer",
-                            "thread stacks",
-                            "heap",
-                            "other anonymous",
-                            "files",
-                        )
-                    ),
+                    *(f"{first[c]['pss']}" for c in others),
                     f"{first['page_tables']}",
                 ]
             )

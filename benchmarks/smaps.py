@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from nova_clonedriver.engine import hostmem
+
 STACK_KIB = 8192
 CATEGORIES = ("guest RAM", "TCG buffer", "thread stacks", "heap", "other anonymous", "files")
 
@@ -39,18 +41,8 @@ def breakdown(pid: int, memory_image: str) -> dict[str, Any]:
     ``private_dirty`` (pages this process wrote: its own), and for the guest
     RAM ``anon_huge`` (huge pages among them); ``page_tables``."""
     image = os.path.realpath(memory_image)
-    totals: dict[str, dict[str, int]] = {c: {} for c in CATEGORIES}
-    category = None
-    with open(f"/proc/{pid}/smaps") as f:
-        for line in f:
-            fields = line.split()
-            if not fields:
-                continue
-            if "-" in fields[0] and not fields[0].endswith(":"):
-                category = _category(fields, image)
-            elif category and len(fields) == 3 and fields[2] == "kB":
-                key = fields[0].rstrip(":")
-                totals[category][key] = totals[category].get(key, 0) + int(fields[1])
+    found = hostmem.smaps_kib(pid, lambda fields: _category(fields, image))
+    totals = {category: found.get(category, {}) for category in CATEGORIES}
     with open(f"/proc/{pid}/status") as f:
         page_tables_kib = next(int(line.split()[1]) for line in f if line.startswith("VmPTE:"))
     result: dict[str, Any] = {

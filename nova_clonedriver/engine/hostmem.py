@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import os
 
 
@@ -45,22 +46,35 @@ def rollup_kib(pid: int) -> dict[str, int]:
     return values
 
 
-def mapping_kib(pid: int, path: str) -> dict[str, int]:
-    """smaps fields summed over the process's mappings of ``path``.
-
-    For a clone's mapping of its memory image, Private_Dirty is what the
-    guest wrote (its own copies) and Shared_Clean / Private_Clean what it
-    reads from the shared page cache."""
-    totals: dict[str, int] = {}
-    inside = False
+def smaps_kib(pid: int, group: Callable[[list[str]], str | None]) -> dict[str, dict[str, int]]:
+    """/proc/<pid>/smaps fields (KiB) summed by group of mappings: ``group``
+    names the group of a mapping from the fields of its header line
+    (address range, permissions, offset, device, inode, path); None leaves
+    the mapping out."""
+    totals: dict[str, dict[str, int]] = {}
+    current = None
     with open(f"/proc/{pid}/smaps") as f:
         for line in f:
             parts = line.split()
             if not parts:
                 continue
             if "-" in parts[0] and not parts[0].endswith(":"):
-                inside = len(parts) >= 6 and os.path.realpath(parts[5]) == path
-            elif inside and len(parts) == 3 and parts[2] == "kB":
+                current = group(parts)
+            elif current is not None and len(parts) == 3 and parts[2] == "kB":
+                values = totals.setdefault(current, {})
                 key = parts[0].rstrip(":")
-                totals[key] = totals.get(key, 0) + int(parts[1])
+                values[key] = values.get(key, 0) + int(parts[1])
     return totals
+
+
+def mapping_kib(pid: int, path: str) -> dict[str, int]:
+    """smaps fields summed over the process's mappings of ``path``.
+
+    For a clone's mapping of its memory image, Private_Dirty is what the
+    guest wrote (its own copies) and Shared_Clean / Private_Clean what it
+    reads from the shared page cache."""
+
+    def of_path(fields: list[str]) -> str | None:
+        return path if len(fields) >= 6 and os.path.realpath(fields[5]) == path else None
+
+    return smaps_kib(pid, of_path).get(path, {})
