@@ -104,6 +104,15 @@ class TestFront(testtools.TestCase):
         self.addCleanup(sock.close)
         return sock, open_files
 
+    def initialized_daemon(self) -> socket.socket:
+        """A page service connected after the kernel's INIT, answered."""
+        self.kernel.send(request(fusefront.OPCODE_INIT, 1))
+        daemon, _ = self.daemon()
+        daemon.recv(4096)
+        daemon.send(reply(1))
+        self.kernel.recv(4096)
+        return daemon
+
     @in_a_fresh_process
     def test_a_new_page_service_gets_what_the_last_one_left_unanswered(self):
         init = request(fusefront.OPCODE_INIT, 1, body=b"kernel-init")
@@ -171,11 +180,7 @@ class TestFront(testtools.TestCase):
 
     @in_a_fresh_process
     def test_requests_long_unanswered_are_logged(self):
-        self.kernel.send(request(fusefront.OPCODE_INIT, 1))
-        daemon, _ = self.daemon()
-        daemon.recv(4096)
-        daemon.send(reply(1))
-        self.kernel.recv(4096)
+        daemon = self.initialized_daemon()
         self.kernel.send(request(READ, 7, nodeid=42))
         daemon.recv(4096)  # and no answer
         time.sleep(3 * LOG_INTERVAL_S)
@@ -196,11 +201,7 @@ class TestFront(testtools.TestCase):
 
     @in_a_fresh_process
     def test_stops_only_when_no_file_is_open(self):
-        self.kernel.send(request(fusefront.OPCODE_INIT, 1))
-        daemon, _ = self.daemon()
-        daemon.recv(4096)
-        daemon.send(reply(1))
-        self.kernel.recv(4096)
+        daemon = self.initialized_daemon()
         self.kernel.send(request(fusefront.OPCODE_OPEN, 2, nodeid=9))
         daemon.recv(4096)
         daemon.send(reply(2))
